@@ -1,0 +1,267 @@
+"""Settings: one TOML file -> typed, validated msgspec Structs.
+
+Every setting has a default, so an empty file is a valid configuration. Errors name the
+key path and the offending value (`listeners.xot.port: expected int, got "abc"`) because
+the person reading them is editing that file, not our code.
+
+Sections owned by later issues ([storage], [hsm], [routes]) are accepted as raw tables
+for now; the issue that implements one replaces its `dict` with a Struct here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "CbcomSettings",
+    "CbcomTlsListener",
+    "ConfigError",
+    "IsoListener",
+    "ListenerSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "Settings",
+    "SwitchdSettings",
+    "X25Settings",
+    "load_config",
+    "parse_config",
+]
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+PacketSize = Annotated[int, msgspec.Meta(ge=16, le=4096)]  # and a power of two: see _check
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key and the value."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A TOML table: unknown keys are typos, and typos must not pass silently."""
+
+
+class SwitchdSettings(_Section):
+    state_dir: str = "/var/lib/passerelle"
+    # SIGTERM: how long dialogues in flight may run before switchd exits anyway.
+    drain_timeout: Seconds = 30.0
+    # Before the session layer owns the connection (PROXY header, TLS handshake, X.25
+    # call set-up), a peer that says nothing is dropped after this long.
+    handshake_timeout: Seconds = 10.0
+
+
+class ListenerSettings(_Section):
+    """One listening socket; subclasses set the per-listener defaults."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - terminals dial in from the network
+    port: Port = 0
+    max_connections: Count = 4096
+    # Largest frame (the length prefix's value) accepted; a larger one closes the session.
+    max_frame: Count = 16384
+    # Expect a PROXY protocol v2 header (HAProxy in TCP mode) before anything else.
+    proxy_protocol: bool = False
+
+
+class XotListener(ListenerSettings):
+    port: Port = 1998
+    max_frame: Count = 4100  # X.25 header (<= 4 bytes) + 4096 bytes of user data
+
+
+class CbcomListener(ListenerSettings):
+    port: Port = 4000
+
+
+class CbcomTlsListener(ListenerSettings):
+    enabled: bool = False  # needs a certificate
+    port: Port = 4443
+    cert: str | None = None  # PEM chain, server certificate first
+    key: str | None = None
+    # Mutual TLS: set to the PEM bundle of CAs that sign terminal certificates.
+    client_ca: str | None = None
+    # With client_ca: "required" refuses terminals without a certificate, "optional"
+    # verifies a certificate when one is presented.
+    client_auth: Literal["required", "optional"] = "required"
+
+
+class IsoListener(ListenerSettings):
+    host: str = "127.0.0.1"
+    port: Port = 5000
+    max_frame: Count = 8192
+    # No session layer above the framer: an idle connection is closed after this long.
+    idle_timeout: Seconds = 780.0
+
+
+class ListenersSettings(_Section):
+    xot: XotListener = msgspec.field(default_factory=XotListener)
+    cbcom: CbcomListener = msgspec.field(default_factory=CbcomListener)
+    cbcom_tls: CbcomTlsListener = msgspec.field(default_factory=CbcomTlsListener, name="cbcom-tls")
+    iso: IsoListener = msgspec.field(default_factory=IsoListener)
+
+    def items(self) -> list[tuple[str, ListenerSettings]]:
+        """(name as written in the file, settings) for every listener."""
+        return [("xot", self.xot), ("cbcom", self.cbcom), ("cbcom-tls", self.cbcom_tls),
+                ("iso", self.iso)]
+
+
+class X25Settings(_Section):
+    """What we offer and accept on a virtual circuit (DESIGN.md §2)."""
+
+    modulo: Literal[8, 128] = 8
+    packet_size: PacketSize = 128  # default when the Call Request has no facility 0x42
+    max_packet_size: PacketSize = 1024  # larger requests are negotiated down to this
+    window: Count = 2
+    max_window: Count = 7
+
+
+class CbcomSettings(_Section):
+    """CBCOM pseudo-session timers, in seconds (fractions allowed so tests stay fast)."""
+
+    tgr: Seconds = 30.0  # waiting for CN after the connection / call is up
+    tsi: Seconds = 780.0  # inactivity
+    tnr: Seconds = 60.0  # waiting for an answer
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9150
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    switchd: SwitchdSettings = msgspec.field(default_factory=SwitchdSettings)
+    listeners: ListenersSettings = msgspec.field(default_factory=ListenersSettings)
+    x25: X25Settings = msgspec.field(default_factory=X25Settings)
+    cbcom: CbcomSettings = msgspec.field(default_factory=CbcomSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    # Owned by later issues; typed there.
+    storage: dict[str, Any] = msgspec.field(default_factory=dict)
+    hsm: dict[str, Any] = msgspec.field(default_factory=dict)
+    routes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_MSGSPEC_ERROR = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>.*)`)?$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>.*)`$")
+
+
+def _lookup(data: Any, parts: list[str | int]) -> Any:
+    for part in parts:
+        data = data[part]
+    return data
+
+
+def _toml_repr(value: Any) -> str:
+    """A value as the user wrote it in TOML."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _explain(error: msgspec.ValidationError, raw: dict[str, Any]) -> str:
+    """Turn msgspec's message into `key.path: what is wrong, got VALUE`."""
+    match = _MSGSPEC_ERROR.match(str(error))
+    assert match is not None  # the pattern matches any string
+    what, path = match["what"], match["path"] or ""
+    parts: list[str | int] = [
+        name if name is not None else int(index) for name, index in _PATH_PART.findall(path)
+    ]
+    unknown = _UNKNOWN.match(what)
+    if unknown:
+        return ".".join(map(str, [*parts, unknown["key"]])) + ": unknown key"
+    key = ".".join(map(str, parts)) or "(top level)"
+    what = what[0].lower() + what[1:]
+    what = re.sub(r"`([^`]*)`", r"\1", what)
+    try:
+        value = _lookup(raw, parts)
+    except (KeyError, IndexError, TypeError):
+        return f"{key}: {what}"
+    what = re.sub(r", got \S+$", "", what)
+    if what.startswith("invalid enum value"):
+        what = "not an allowed value"
+    return f"{key}: {what}, got {_toml_repr(value)}"
+
+
+def _check(settings: Settings) -> None:
+    """Rules that span several keys or touch the file system."""
+    x25 = settings.x25
+    for key in ("packet_size", "max_packet_size"):
+        value = getattr(x25, key)
+        if value & (value - 1):
+            raise ConfigError(f"x25.{key}: expected a power of two from 16 to 4096, got {value}")
+    if x25.packet_size > x25.max_packet_size:
+        raise ConfigError(
+            f"x25.packet_size: {x25.packet_size} is larger than "
+            f"x25.max_packet_size ({x25.max_packet_size})"
+        )
+    for key in ("window", "max_window"):
+        value = getattr(x25, key)
+        if value > x25.modulo - 1:
+            raise ConfigError(f"x25.{key}: {value} does not fit modulo {x25.modulo} "
+                              f"(at most {x25.modulo - 1})")
+    if x25.window > x25.max_window:
+        raise ConfigError(f"x25.window: {x25.window} is larger than x25.max_window "
+                          f"({x25.max_window})")
+    for name in ("drain_timeout", "handshake_timeout"):
+        if not math.isfinite(getattr(settings.switchd, name)):
+            raise ConfigError(f"switchd.{name}: must be a finite number of seconds")
+    tls = settings.listeners.cbcom_tls
+    if tls.enabled:
+        for key in ("cert", "key"):
+            if getattr(tls, key) is None:
+                raise ConfigError(f"listeners.cbcom-tls.{key}: required when the listener "
+                                  "is enabled")
+    for key in ("cert", "key", "client_ca"):
+        path = getattr(tls, key)
+        if tls.enabled and path is not None and not Path(path).is_file():
+            raise ConfigError(f"listeners.cbcom-tls.{key}: no such file, got {_toml_repr(path)}")
+    seen: dict[tuple[str, int], str] = {}
+    for name, listener in settings.listeners.items():
+        if not listener.enabled or listener.port == 0:
+            continue
+        where = (listener.host, listener.port)
+        if where in seen:
+            raise ConfigError(f"listeners.{name}.port: {listener.port} is already used by "
+                              f"listeners.{seen[where]}")
+        seen[where] = name
+
+
+def parse_config(raw: dict[str, Any]) -> Settings:
+    """Validate an already-parsed TOML document."""
+    try:
+        settings = msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as error:
+        raise ConfigError(_explain(error, raw)) from None
+    _check(settings)
+    return settings
+
+
+def load_config(path: str | Path | None) -> Settings:
+    """Read and validate the TOML file at `path` (None: every default)."""
+    if path is None:
+        return parse_config({})
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return parse_config(raw)
