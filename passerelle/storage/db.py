@@ -1,0 +1,128 @@
+"""Storage settings, connections and the one exception family of the storage package.
+
+Every failure that leaves this package is a `StorageError` whose message says what a person
+must fix. `DatabaseUnavailable` is singled out because callers react to it differently: the
+télécollecte dialogue spools the remise instead of failing the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+
+class StorageError(Exception):
+    """Base of every storage failure; the message names the problem and, if known, the fix."""
+
+
+class DatabaseUnavailable(StorageError):
+    """PostgreSQL could not be reached or dropped the connection: retry later or spool."""
+
+
+class StorageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The `[storage]` table of the configuration.
+
+    With no `dsn`, an embedded PostgreSQL is started in `state_dir` (see `embedded.py`).
+    """
+
+    dsn: str | None = None
+    state_dir: str = ".state"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    connect_timeout_s: float = 5.0
+    statement_timeout_ms: int = 30_000
+    retention_months: int = 15
+    months_ahead: int = 3
+
+    def __post_init__(self) -> None:
+        if self.pool_min_size < 0 or self.pool_max_size < 1:
+            raise StorageError(
+                f"storage.pool_min_size must be >= 0 and storage.pool_max_size >= 1, "
+                f"got {self.pool_min_size} and {self.pool_max_size}"
+            )
+        if self.pool_min_size > self.pool_max_size:
+            raise StorageError(
+                f"storage.pool_min_size ({self.pool_min_size}) exceeds "
+                f"storage.pool_max_size ({self.pool_max_size})"
+            )
+        if self.connect_timeout_s <= 0:
+            raise StorageError(
+                f"storage.connect_timeout_s must be > 0, got {self.connect_timeout_s}"
+            )
+        if self.statement_timeout_ms < 0:
+            raise StorageError(
+                f"storage.statement_timeout_ms must be >= 0, got {self.statement_timeout_ms}"
+            )
+        if self.retention_months < 1:
+            raise StorageError(
+                f"storage.retention_months must be >= 1, got {self.retention_months}"
+            )
+        if self.months_ahead < 0:
+            raise StorageError(f"storage.months_ahead must be >= 0, got {self.months_ahead}")
+
+
+def _connect_kwargs(settings: StorageSettings) -> dict[str, object]:
+    kwargs: dict[str, object] = {"connect_timeout": max(1, round(settings.connect_timeout_s))}
+    if settings.statement_timeout_ms:
+        kwargs["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
+    return kwargs
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its password, fit for an error message or a log line."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
+def connect(
+    dsn: str, settings: StorageSettings | None = None, *, autocommit: bool = False
+) -> psycopg.Connection:
+    """Open one synchronous connection (CLI, migrations, retention)."""
+    settings = settings or StorageSettings(dsn=dsn)
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, **_connect_kwargs(settings))
+    except psycopg.ProgrammingError as exc:
+        raise StorageError(f"invalid PostgreSQL DSN {dsn!r}: {exc}") from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {str(exc).strip()}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn psycopg exceptions raised while doing `what` into `StorageError`s."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"{what}: PostgreSQL unavailable: {str(exc).strip()}") from exc
+    except psycopg.Error as exc:
+        raise StorageError(f"{what}: {str(exc).strip()}") from exc
+
+
+def open_pool(dsn: str, settings: StorageSettings | None = None) -> AsyncConnectionPool:
+    """An asyncio connection pool, not yet opened (use `async with` or `await pool.open()`).
+
+    The pool does not wait for PostgreSQL at open: switchd must start and answer terminals
+    (spooling remises) even while the database is away.
+    """
+    settings = settings or StorageSettings(dsn=dsn)
+    return AsyncConnectionPool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        kwargs=_connect_kwargs(settings),
+        timeout=settings.connect_timeout_s,
+        open=False,
+        name="passerelle",
+    )

@@ -1,0 +1,70 @@
+"""Card numbers as storage keeps them: masked for display, keyed HMAC for exact search.
+
+The full PAN never reaches a table. `pan_hmac` is one small function with a key version so
+that the HSM issue can move the key behind `hsm.HSM.pan_hmac` without touching callers'
+data: each row records the version, and a search tries every version still in retention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import msgspec
+
+from passerelle.storage.db import StorageError
+
+_MIN_PAN, _MAX_PAN = 12, 19
+_MIN_KEY_BYTES = 16
+
+
+class PanHmacKey(msgspec.Struct, frozen=True):
+    """One version of the PAN HMAC key (from configuration until the HSM holds it)."""
+
+    version: int
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if not 0 < self.version < 32768:
+            raise StorageError(f"PAN HMAC key version must be 1..32767, got {self.version}")
+        if len(self.key) < _MIN_KEY_BYTES:
+            raise StorageError(
+                f"PAN HMAC key version {self.version} is {len(self.key)} bytes; "
+                f"at least {_MIN_KEY_BYTES} are needed"
+            )
+
+    def __repr__(self) -> str:  # never print key material
+        return f"PanHmacKey(version={self.version}, key=<{len(self.key)} bytes>)"
+
+
+def _check_pan(pan: str) -> str:
+    if not isinstance(pan, str) or not pan.isascii() or not pan.isdigit():
+        raise StorageError("a PAN must be a string of digits")
+    if not _MIN_PAN <= len(pan) <= _MAX_PAN:
+        raise StorageError(f"a PAN has {_MIN_PAN} to {_MAX_PAN} digits, got {len(pan)}")
+    return pan
+
+
+def mask_pan(pan: str) -> str:
+    """First 6 and last 4 digits, the rest as `*`: `"4970101234561234"` -> `"497010******1234"`."""
+    pan = _check_pan(pan)
+    return f"{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}"
+
+
+def pan_hmac(key: PanHmacKey, pan: str) -> tuple[bytes, int]:
+    """HMAC-SHA256 of the PAN's digits under `key`, and the key version to store beside it."""
+    digest = hmac.new(key.key, _check_pan(pan).encode("ascii"), hashlib.sha256).digest()
+    return digest, key.version
+
+
+def luhn_valid(digits: str) -> bool:
+    """True when `digits` (12-19 of them) passes the Luhn check, as every real PAN does."""
+    if not digits.isascii() or not digits.isdigit() or not _MIN_PAN <= len(digits) <= _MAX_PAN:
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
