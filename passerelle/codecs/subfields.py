@@ -1,0 +1,195 @@
+"""Sub-element codecs: the TLV layouts that live inside one ISO 8583 field.
+
+A sub-element field's value is a tuple of `(tag, value)` pairs, in wire order, repeats kept
+(CB2A repeats tag 0101 in field 59, and order matters to the acquirer).
+
+- `AsciiTLV`  fields 44/47 in CB2A: 2-char tag + 2-digit decimal length + text value.
+- `CBTLV`     fields 55/59 in CB2A: 2-byte tag + 1-byte length + binary value; one-byte
+              EMV tags are left-padded with 00 (tag `0057`), so tags are 4 hex digits.
+- `BerTLV`    plain EMV BER-TLV (multi-byte tags, short and long lengths), for acquirer
+              profiles that carry field 55 the ISO way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from passerelle.codecs.masking import Mask, apply_mask
+
+SubValue = tuple[tuple[str, str], ...] | tuple[tuple[str, bytes], ...]
+
+# EMV tags holding a PAN or track data: they are masked wherever the field is shown.
+SENSITIVE_EMV_TAGS: dict[int, Mask] = {
+    0x5A: Mask.PAN,  # Application PAN
+    0x57: Mask.TRACK,  # Track 2 equivalent data
+    0x56: Mask.TRACK,  # Track 1 equivalent data
+    0x9F6B: Mask.TRACK,  # Track 2 data (contactless)
+    0x9F1F: Mask.SECRET,  # Track 1 discretionary data
+    0x9F20: Mask.SECRET,  # Track 2 discretionary data
+    0x99: Mask.SECRET,  # Transaction PIN data
+}
+
+
+class SubElementError(ValueError):
+    """Raised with the offset inside the field body; the engine adds the field and base offset."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        self.offset = offset
+        self.reason = reason
+        super().__init__(reason)
+
+
+class AsciiTLV:
+    """2-char tag, 2 decimal digits of length, text value (CB2A fields 44 and 47)."""
+
+    name = "ascii-tlv"
+    binary = False
+
+    def decode(self, body: bytes) -> tuple[tuple[str, str], ...]:
+        out: list[tuple[str, str]] = []
+        pos, end = 0, len(body)
+        while pos < end:
+            if end - pos < 4:
+                raise SubElementError(pos, "truncated sub-element header")
+            head = body[pos : pos + 4]
+            if not head[2:].isdigit():
+                raise SubElementError(pos + 2, "sub-element length is not 2 decimal digits")
+            size = int(head[2:])
+            start = pos + 4
+            if start + size > end:
+                raise SubElementError(pos, f"sub-element length {size} runs past the field")
+            try:
+                out.append((head[:2].decode("ascii"), body[start : start + size].decode("ascii")))
+            except UnicodeDecodeError as exc:
+                raise SubElementError(pos, "sub-element is not ASCII text") from exc
+            pos = start + size
+        return tuple(out)
+
+    def encode(self, items: Sequence[tuple[str, str]]) -> bytes:
+        parts = []
+        for tag, value in items:
+            if not isinstance(value, str) or len(tag) != 2:
+                raise SubElementError(0, f"sub-element {tag!r}: needs a 2-char tag and text")
+            raw = value.encode("ascii")
+            if len(raw) > 99:
+                raise SubElementError(0, f"sub-element {tag}: {len(raw)} chars, at most 99")
+            parts.append(tag.encode("ascii") + b"%02d" % len(raw) + raw)
+        return b"".join(parts)
+
+    def show(self, tag: str, value: str | bytes) -> str:
+        return str(value)
+
+
+class CBTLV:
+    """2-byte tag, 1-byte length, binary value (CB2A fields 55 and 59)."""
+
+    name = "cb-tlv"
+    binary = True
+
+    def decode(self, body: bytes) -> tuple[tuple[str, bytes], ...]:
+        out: list[tuple[str, bytes]] = []
+        pos, end = 0, len(body)
+        while pos < end:
+            if end - pos < 3:
+                raise SubElementError(pos, "truncated sub-element header")
+            size = body[pos + 2]
+            start = pos + 3
+            if start + size > end:
+                raise SubElementError(pos, f"sub-element length {size} runs past the field")
+            out.append((body[pos : pos + 2].hex().upper(), body[start : start + size]))
+            pos = start + size
+        return tuple(out)
+
+    def encode(self, items: Sequence[tuple[str, bytes]]) -> bytes:
+        parts = []
+        for tag, value in items:
+            tag_bytes = _tag_bytes(tag)
+            if len(tag_bytes) > 2:
+                raise SubElementError(0, f"sub-element {tag}: tag longer than 2 bytes")
+            if not isinstance(value, bytes | bytearray | memoryview) or len(value) > 255:
+                raise SubElementError(0, f"sub-element {tag}: needs bytes of at most 255")
+            parts.append(tag_bytes.rjust(2, b"\0") + bytes((len(value),)) + bytes(value))
+        return b"".join(parts)
+
+    def show(self, tag: str, value: str | bytes) -> str:
+        return _show_emv(int(tag, 16), bytes(value))
+
+
+class BerTLV:
+    """EMV BER-TLV: multi-byte tags (low 5 bits all set) and BER lengths."""
+
+    name = "ber-tlv"
+    binary = True
+
+    def decode(self, body: bytes) -> tuple[tuple[str, bytes], ...]:
+        out: list[tuple[str, bytes]] = []
+        pos, end = 0, len(body)
+        while pos < end:
+            start = pos
+            if body[pos] in (0x00, 0xFF):  # padding between objects (EMV Book 3, Annex B)
+                pos += 1
+                continue
+            pos += 1
+            if body[start] & 0x1F == 0x1F:
+                while True:
+                    if pos >= end:
+                        raise SubElementError(start, "truncated multi-byte tag")
+                    pos += 1
+                    if not body[pos - 1] & 0x80:
+                        break
+                    if pos - start > 4:
+                        raise SubElementError(start, "tag longer than 4 bytes")
+            tag = body[start:pos].hex().upper()
+            if pos >= end:
+                raise SubElementError(start, f"tag {tag} has no length")
+            size = body[pos]
+            pos += 1
+            if size & 0x80:
+                width = size & 0x7F
+                if width == 0 or width > 3 or pos + width > end:
+                    raise SubElementError(pos - 1, f"tag {tag}: bad BER length")
+                size = int.from_bytes(body[pos : pos + width], "big")
+                pos += width
+            if pos + size > end:
+                raise SubElementError(start, f"tag {tag}: length {size} runs past the field")
+            out.append((tag, body[pos : pos + size]))
+            pos += size
+        return tuple(out)
+
+    def encode(self, items: Sequence[tuple[str, bytes]]) -> bytes:
+        parts = []
+        for tag, value in items:
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise SubElementError(0, f"sub-element {tag}: needs bytes")
+            size = len(value)
+            if size < 0x80:
+                length = bytes((size,))
+            elif size <= 0xFF:
+                length = b"\x81" + bytes((size,))
+            elif size <= 0xFFFF:
+                length = b"\x82" + size.to_bytes(2, "big")
+            else:
+                raise SubElementError(0, f"sub-element {tag}: {size} bytes is too long")
+            parts.append(_tag_bytes(tag) + length + bytes(value))
+        return b"".join(parts)
+
+    def show(self, tag: str, value: str | bytes) -> str:
+        return _show_emv(int(tag, 16), bytes(value))
+
+
+def _tag_bytes(tag: str) -> bytes:
+    try:
+        raw = bytes.fromhex(tag)
+    except (ValueError, TypeError) as exc:
+        raise SubElementError(0, f"sub-element tag {tag!r} is not hexadecimal") from exc
+    if not raw:
+        raise SubElementError(0, "empty sub-element tag")
+    return raw
+
+
+def _show_emv(tag: int, value: bytes) -> str:
+    policy = SENSITIVE_EMV_TAGS.get(tag, Mask.CLEAR)
+    return apply_mask(policy, value.hex().upper())
+
+
+SUBFIELD_CODECS = {codec.name: codec for codec in (AsciiTLV(), CBTLV(), BerTLV())}
