@@ -20,7 +20,9 @@ import os
 import pwd
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 from passerelle.storage.db import StorageError
 
@@ -65,6 +67,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _import_pgserver() -> ModuleType:
+    # Deferred: importing pgserver creates its lock file. Without XDG_RUNTIME_DIR (root,
+    # containers) platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # noqa: PLC0415
+    return pgserver
+
+
+def postgres_bin_dir() -> Path:
+    """Where pgserver's PostgreSQL programs (pg_dump, psql, ...) are."""
+    _import_pgserver()
+    from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+    return Path(POSTGRES_BIN_PATH)
+
+
 class EmbeddedPostgres:
     """A private PostgreSQL in `<state_dir>/pgdata`; use as a context manager or start/stop."""
 
@@ -85,8 +104,7 @@ class EmbeddedPostgres:
             raise StorageError(f"cannot create state directory {self.state_dir}: {exc}") from exc
         if self.pgdata.exists():
             _prune_dead_handles(self.pgdata)
-        import pgserver  # noqa: PLC0415  (deferred: importing it takes a lock file)
-
+        pgserver = _import_pgserver()
         try:
             self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:

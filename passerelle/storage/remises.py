@@ -1,0 +1,384 @@
+"""The télécollecte writer: one remise (a terminal's daily batch) into PostgreSQL, once.
+
+A remise is stored in ONE transaction: its key row (terminal, contract, application, remise
+number) in `remise_keys`, its row in `remises`, its transactions by COPY. The key row's unique
+index makes a repeated batch — a terminal that lost our 0516 sends the same remise again —
+report "already stored" and write nothing, even when the two copies race on two nodes: the
+second insert waits for the first transaction and then sees the conflict. `store` returns
+only after COMMIT, which is what allows the dialogue to answer 0516.
+
+Totals are recomputed from the transactions and compared with the terminal's declared
+totals (0506 fields 74-89); the status is "REMISE CORRECTE" or names each difference.
+Counting rules: an approved purchase is a debit, an approved refund a credit, an approved
+cancellation (annulation) a credit reversing a purchase; a declined transaction counts only
+as unauthorized (non autorisée), whatever its operation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from passerelle.storage.db import StorageError, translate_errors
+
+Operation = Literal["purchase", "refund", "cancellation"]
+Result = Literal["approved", "declined"]
+
+STATUS_CORRECT = "REMISE CORRECTE"
+_PAN_MASKED = re.compile(r"^[0-9]{6}\*{2,9}[0-9]{4}$")
+_EXPIRY = re.compile(r"^[0-9]{2}(0[1-9]|1[0-2])$")
+_RESPONSE_CODE = re.compile(r"^[0-9A-Z]{2}$")
+_MAX_TEXT = 64
+# ISO 4217 minor-unit exponents that are not 2, for the status text only.
+_EXPONENTS = {392: 0, 410: 0, 952: 0, 953: 0, 48: 3, 368: 3, 414: 3, 512: 3, 788: 3}
+
+
+class InvalidRemise(StorageError):
+    """The remise itself is wrong (bad field); storing it again will not help."""
+
+
+class UnknownReference(StorageError):
+    """The remise names a terminal or contract this gateway does not know."""
+
+
+class RemiseTransaction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One stored transaction (0246) of a remise. Cards only as mask + keyed HMAC."""
+
+    seq: int
+    at: datetime
+    operation: Operation
+    result: Result
+    amount: int
+    currency: int
+    pan_masked: str
+    pan_hmac: bytes
+    pan_hmac_key_version: int
+    expiry: str | None = None
+    response_code: str | None = None
+    authorization_number: str | None = None
+    issuer: str | None = None
+    product: str | None = None
+    rrn: str | None = None
+    stan: str | None = None
+    aid: str | None = None
+
+
+class RemiseTotals(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Counts and amounts (minor units) by kind, as a remise ticket prints them."""
+
+    purchases_count: int = 0
+    purchases_amount: int = 0
+    refunds_count: int = 0
+    refunds_amount: int = 0
+    cancellations_count: int = 0
+    cancellations_amount: int = 0
+    unauthorized_count: int = 0
+    unauthorized_amount: int = 0
+
+
+class Remise(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One télécollecte batch as the dialogue received it, ready to store."""
+
+    terminal_serial: str
+    contract_number: str
+    application: str
+    remise_number: int
+    file_number: int
+    currency: int
+    collected_at: datetime
+    declared: RemiseTotals
+    transactions: list[RemiseTransaction] = msgspec.field(default_factory=list)
+    ack_window: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """What makes two batches the same remise."""
+        return (self.terminal_serial, self.contract_number, self.application, self.remise_number)
+
+
+class StoreOutcome(msgspec.Struct, frozen=True):
+    """What `RemiseWriter.store` did; `stored` is False when the remise was already there."""
+
+    remise_id: int
+    stored: bool
+    status: str
+    is_correct: bool
+    transaction_count: int
+
+
+_KINDS = (
+    ("purchases", "ACHATS"),
+    ("refunds", "REMBOURSEMENTS"),
+    ("cancellations", "ANNULATIONS"),
+    ("unauthorized", "NON AUTORISEES"),
+)
+
+
+def compute_totals(transactions: Sequence[RemiseTransaction]) -> RemiseTotals:
+    """Our own totals, from the transactions as stored."""
+    sums = dict.fromkeys(RemiseTotals.__struct_fields__, 0)
+    for tx in transactions:
+        if tx.result == "declined":
+            kind = "unauthorized"
+        else:
+            kind = {"purchase": "purchases", "refund": "refunds"}.get(
+                tx.operation, "cancellations"
+            )
+        sums[f"{kind}_count"] += 1
+        sums[f"{kind}_amount"] += tx.amount
+    return RemiseTotals(**sums)
+
+
+def _money(amount: int, currency: int) -> str:
+    exponent = _EXPONENTS.get(currency, 2)
+    if exponent == 0:
+        return str(amount)
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10**exponent)
+    return f"{sign}{whole},{frac:0{exponent}d}"
+
+
+def remise_status(declared: RemiseTotals, computed: RemiseTotals, currency: int) -> str:
+    """"REMISE CORRECTE", or "ECART" followed by each kind whose count or amount differs."""
+    differences = []
+    for kind, label in _KINDS:
+        parts = []
+        d_count, c_count = getattr(declared, f"{kind}_count"), getattr(computed, f"{kind}_count")
+        d_amount = getattr(declared, f"{kind}_amount")
+        c_amount = getattr(computed, f"{kind}_amount")
+        if d_count != c_count:
+            parts.append(f"NB DECLARE {d_count} CALCULE {c_count}")
+        if d_amount != c_amount:
+            parts.append(
+                f"MONTANT DECLARE {_money(d_amount, currency)} "
+                f"CALCULE {_money(c_amount, currency)}"
+            )
+        if parts:
+            differences.append(f"{label} " + " ".join(parts))
+    if not differences:
+        return STATUS_CORRECT
+    return "ECART " + "; ".join(differences)
+
+
+def _check_text(where: str, name: str, value: str | None, *, required: bool = False) -> None:
+    if value is None:
+        if required:
+            raise InvalidRemise(f"{where}: {name} is missing")
+        return
+    if (required and not value.strip()) or len(value) > _MAX_TEXT or not value.isprintable():
+        raise InvalidRemise(f"{where}: {name} {value!r} is empty, too long or not printable")
+
+
+def _check_int(where: str, name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRemise(f"{where}: {name} must be an integer in {low}..{high}, got {value!r}")
+
+
+def _check_time(where: str, name: str, value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRemise(f"{where}: {name} {value.isoformat()} has no time zone")
+
+
+def validate(remise: Remise) -> None:
+    """Reject, with the field named, anything the schema would refuse less clearly."""
+    where = f"remise {remise.remise_number} of terminal {remise.terminal_serial!r}"
+    _check_text(where, "terminal_serial", remise.terminal_serial, required=True)
+    _check_text(where, "contract_number", remise.contract_number, required=True)
+    _check_text(where, "application", remise.application, required=True)
+    _check_int(where, "remise_number", remise.remise_number, 0, 2**31 - 1)
+    _check_int(where, "file_number", remise.file_number, 0, 2**31 - 1)
+    _check_int(where, "ack_window", remise.ack_window, 0, 32767)
+    _check_int(where, "currency", remise.currency, 1, 999)
+    _check_time(where, "collected_at", remise.collected_at)
+    for name in RemiseTotals.__struct_fields__:
+        _check_int(where, f"declared {name}", getattr(remise.declared, name), 0, 2**62)
+    seen: set[int] = set()
+    for tx in remise.transactions:
+        at = f"{where}, transaction {tx.seq}"
+        _check_int(at, "seq", tx.seq, 0, 2**31 - 1)
+        if tx.seq in seen:
+            raise InvalidRemise(f"{at}: sequence number repeated")
+        seen.add(tx.seq)
+        _check_time(at, "at", tx.at)
+        _check_int(at, "amount", tx.amount, 0, 2**62)
+        if tx.currency != remise.currency:
+            raise InvalidRemise(
+                f"{at}: currency {tx.currency} differs from the remise's {remise.currency}"
+            )
+        if not _PAN_MASKED.match(tx.pan_masked):
+            raise InvalidRemise(f"{at}: pan_masked must be 6 digits, 2-9 '*', 4 digits")
+        if len(tx.pan_hmac) != 32:
+            raise InvalidRemise(f"{at}: pan_hmac must be 32 bytes, got {len(tx.pan_hmac)}")
+        _check_int(at, "pan_hmac_key_version", tx.pan_hmac_key_version, 1, 32767)
+        if tx.expiry is not None and not _EXPIRY.match(tx.expiry):
+            raise InvalidRemise(f"{at}: expiry {tx.expiry!r} is not YYMM")
+        if tx.response_code is not None and not _RESPONSE_CODE.match(tx.response_code):
+            raise InvalidRemise(f"{at}: response code {tx.response_code!r} is not 2 characters")
+        for name in ("authorization_number", "issuer", "product", "rrn", "stan", "aid"):
+            _check_text(at, name, getattr(tx, name))
+
+
+_LOOKUP = """
+SELECT t.id, t.maker, t.itp, c.id, c.rang, c.bank_code, c.acquirer, c.label,
+       COALESCE(c.trade_name, m.trade_name), COALESCE(c.siret, m.siret)
+  FROM (SELECT 1) AS one
+  LEFT JOIN terminals t ON t.serial = %(serial)s
+  LEFT JOIN contracts c ON c.contract_number = %(contract)s AND c.application = %(application)s
+  LEFT JOIN merchants m ON m.id = c.merchant_id
+"""
+
+_CLAIM_KEY = """
+INSERT INTO remise_keys (terminal_serial, contract_number, application, remise_number,
+                         collected_at)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (terminal_serial, contract_number, application, remise_number) DO NOTHING
+RETURNING id
+"""
+
+_EXISTING = """
+SELECT k.id, r.status, r.is_correct, r.transaction_count
+  FROM remise_keys k
+  JOIN remises r ON r.id = k.id AND r.collected_at = k.collected_at
+ WHERE k.terminal_serial = %s AND k.contract_number = %s AND k.application = %s
+   AND k.remise_number = %s
+"""
+
+_REMISE_COLUMNS = (
+    "id", "collected_at", "terminal_id", "terminal_serial", "maker", "itp", "contract_id",
+    "contract_number", "rang", "bank_code", "application", "acquirer", "label", "trade_name",
+    "siret", "remise_number", "file_number", "ack_window", "currency",
+    *(f"declared_{name}" for name in RemiseTotals.__struct_fields__),
+    *RemiseTotals.__struct_fields__,
+    "transaction_count", "net_amount", "is_correct", "status", "spooled",
+)
+_INSERT_REMISE = (  # built from the constant column list above, no outside input
+    f"INSERT INTO remises ({', '.join(_REMISE_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(['%s'] * len(_REMISE_COLUMNS))})"
+)
+
+# (column, PostgreSQL type for binary COPY)
+_TX_COLUMNS = (
+    ("tx_at", "timestamptz"), ("remise_id", "int8"), ("seq", "int4"),
+    ("collected_at", "timestamptz"), ("remise_state", "text"), ("remise_number", "int4"),
+    ("file_number", "int4"), ("terminal_serial", "text"), ("maker", "text"),
+    ("contract_id", "int8"), ("contract_number", "text"), ("rang", "text"),
+    ("bank_code", "text"), ("application", "text"), ("label", "text"),
+    ("trade_name", "text"), ("siret", "text"), ("operation", "text"), ("direction", "text"),
+    ("result", "text"), ("response_code", "text"), ("amount", "int8"), ("currency", "int2"),
+    ("pan_masked", "text"), ("pan_hmac", "bytea"), ("pan_hmac_key_version", "int2"),
+    ("expiry", "text"), ("authorization_number", "text"), ("issuer", "text"),
+    ("product", "text"), ("rrn", "text"), ("stan", "text"), ("aid", "text"),
+)
+COPY_TRANSACTIONS = (
+    f"COPY transactions ({', '.join(c for c, _ in _TX_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+COPY_TYPES = [t for _, t in _TX_COLUMNS]
+_DIRECTION = {"purchase": "debit", "refund": "credit", "cancellation": "credit"}
+
+
+def transaction_rows(
+    remise: Remise, remise_id: int, remise_state: str, context: Sequence[object]
+) -> list[tuple[object, ...]]:
+    """The COPY rows of a remise's transactions (context: the looked-up terminal/contract)."""
+    (_tid, maker, _itp, contract_id, rang, bank_code, _acq, label, trade_name, siret) = context
+    collected_at = remise.collected_at.astimezone(UTC)
+    return [
+        (
+            tx.at, remise_id, tx.seq, collected_at, remise_state, remise.remise_number,
+            remise.file_number, remise.terminal_serial, maker, contract_id,
+            remise.contract_number, rang, bank_code, remise.application, label, trade_name,
+            siret, tx.operation, _DIRECTION[tx.operation], tx.result, tx.response_code,
+            tx.amount, tx.currency, tx.pan_masked, tx.pan_hmac, tx.pan_hmac_key_version,
+            tx.expiry, tx.authorization_number, tx.issuer, tx.product, tx.rrn, tx.stan, tx.aid,
+        )
+        for tx in remise.transactions
+    ]
+
+
+class RemiseWriter:
+    """Stores remises through an asyncio connection pool; safe from many tasks and nodes."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def store(self, remise: Remise, *, spooled: bool = False) -> StoreOutcome:
+        """Store `remise` once; return after COMMIT. `spooled` marks a replayed remise.
+
+        Raises `InvalidRemise` or `UnknownReference` for a remise that can never be stored,
+        `DatabaseUnavailable` when PostgreSQL is away (the caller spools and retries).
+        """
+        validate(remise)
+        computed = compute_totals(remise.transactions)
+        status = remise_status(remise.declared, computed, remise.currency)
+        is_correct = status == STATUS_CORRECT
+        key = remise.key
+        collected_at = remise.collected_at.astimezone(UTC)
+        with translate_errors(f"storing remise {remise.remise_number} of {key[0]!r}"):
+            async with self.pool.connection() as conn, conn.transaction():
+                context = await self._lookup(conn, remise)
+                claimed = await (await conn.execute(_CLAIM_KEY, (*key, collected_at))).fetchone()
+                if claimed is None:
+                    return await self._existing(conn, remise)
+                remise_id = claimed[0]
+                await conn.execute(
+                    _INSERT_REMISE,
+                    (
+                        remise_id, collected_at, context[0], remise.terminal_serial,
+                        context[1], context[2], context[3], remise.contract_number,
+                        context[4], context[5], remise.application, context[6], context[7],
+                        context[8], context[9], remise.remise_number, remise.file_number,
+                        remise.ack_window, remise.currency,
+                        *msgspec.structs.astuple(remise.declared),
+                        *msgspec.structs.astuple(computed),
+                        len(remise.transactions),
+                        computed.purchases_amount - computed.refunds_amount
+                        - computed.cancellations_amount,
+                        is_correct, status, spooled,
+                    ),
+                )
+                if remise.transactions:
+                    rows = transaction_rows(
+                        remise, remise_id, "correct" if is_correct else "difference", context
+                    )
+                    async with conn.cursor().copy(COPY_TRANSACTIONS) as copy:
+                        copy.set_types(COPY_TYPES)
+                        for row in rows:
+                            await copy.write_row(row)
+        return StoreOutcome(remise_id, True, status, is_correct, len(remise.transactions))
+
+    @staticmethod
+    async def _lookup(conn: psycopg.AsyncConnection, remise: Remise) -> tuple[object, ...]:
+        cur = await conn.execute(
+            _LOOKUP,
+            {
+                "serial": remise.terminal_serial,
+                "contract": remise.contract_number,
+                "application": remise.application,
+            },
+        )
+        row = await cur.fetchone()
+        assert row is not None  # the FROM (SELECT 1) always yields one row
+        if row[0] is None:
+            raise UnknownReference(f"unknown terminal {remise.terminal_serial!r}")
+        if row[3] is None:
+            raise UnknownReference(
+                f"unknown contract {remise.contract_number!r} for application "
+                f"{remise.application!r} (terminal {remise.terminal_serial!r})"
+            )
+        return tuple(row)
+
+    @staticmethod
+    async def _existing(conn: psycopg.AsyncConnection, remise: Remise) -> StoreOutcome:
+        row = await (await conn.execute(_EXISTING, remise.key)).fetchone()
+        if row is None:  # the key exists but its remise row was dropped by retention
+            raise StorageError(
+                f"remise {remise.remise_number} of {remise.terminal_serial!r} was stored "
+                "before and has since been removed by retention"
+            )
+        return StoreOutcome(row[0], False, row[1], row[2], row[3])

@@ -1,0 +1,242 @@
+"""The télécollecte writer against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from datetime import UTC, datetime
+
+import msgspec
+import psycopg
+import pytest
+
+from passerelle.storage.fleet import upsert_terminal
+from passerelle.storage.pan import luhn_valid
+from passerelle.storage.remises import (
+    STATUS_CORRECT,
+    InvalidRemise,
+    RemiseTotals,
+    RemiseWriter,
+    UnknownReference,
+)
+from tests.integration.storage_helpers import make_remise, run_with_writer, setup_fleet
+
+pytestmark = pytest.mark.integration
+
+
+def _count(dsn: str, query: str, *params: object) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_remise_is_stored_with_rows_matching_what_the_terminal_sent(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=25, seed=1)
+
+    outcome = run_with_writer(db_dsn, lambda w: w.store(remise))
+
+    assert outcome.stored and outcome.is_correct and outcome.status == STATUS_CORRECT
+    assert outcome.transaction_count == 25
+    with psycopg.connect(db_dsn) as conn:
+        header = conn.execute(
+            "SELECT terminal_serial, maker, contract_number, rang, bank_code, application,"
+            " label, trade_name, siret, remise_number, file_number, transaction_count, status,"
+            " purchases_count, purchases_amount FROM remises WHERE id = %s",
+            (outcome.remise_id,),
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT seq, tx_at, operation, result, amount, currency, pan_masked, pan_hmac,"
+            " expiry, authorization_number, rrn, direction, remise_state"
+            " FROM transactions WHERE remise_id = %s ORDER BY seq",
+            (outcome.remise_id,),
+        ).fetchall()
+    assert header == (
+        "TPE0000", "Ingenico", "1234567", "001", "30004", "CBEMV", "BOULANGERIE CENTRE",
+        "Au Bon Pain", "73282932000074", 1, 1, 25, STATUS_CORRECT,
+        remise.declared.purchases_count, remise.declared.purchases_amount,
+    )
+    sent = [
+        (t.seq, t.at, t.operation, t.result, t.amount, t.currency, t.pan_masked, t.pan_hmac,
+         t.expiry, t.authorization_number, t.rrn)
+        for t in remise.transactions
+    ]
+    assert [row[:11] for row in rows] == sent
+    assert {row[11] for row in rows if row[2] == "purchase"} == {"debit"}
+    assert {row[12] for row in rows} == {"correct"}
+
+
+def test_repeated_remise_is_acknowledged_and_stored_once(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=10)
+
+    async def twice(writer: RemiseWriter) -> tuple[object, object]:
+        return await writer.store(remise), await writer.store(remise)
+
+    first, second = run_with_writer(db_dsn, twice)
+
+    assert first.stored and not second.stored
+    assert second.remise_id == first.remise_id and second.status == first.status
+    assert _count(db_dsn, "SELECT count(*) FROM remises") == 1
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 10
+
+
+def test_concurrent_duplicates_are_stored_once(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=200, seed=7)
+
+    async def race(writer: RemiseWriter) -> list[object]:
+        return list(await asyncio.gather(*(writer.store(remise) for _ in range(6))))
+
+    outcomes = run_with_writer(db_dsn, race, size=6)
+
+    assert sorted(o.stored for o in outcomes) == [False] * 5 + [True]
+    assert len({o.remise_id for o in outcomes}) == 1
+    assert _count(db_dsn, "SELECT count(*) FROM remises") == 1
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 200
+
+
+def test_empty_remise_is_stored(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=0)
+
+    outcome = run_with_writer(db_dsn, lambda w: w.store(remise))
+
+    assert outcome.stored and outcome.status == STATUS_CORRECT
+    assert _count(db_dsn, "SELECT transaction_count FROM remises WHERE id = %s",
+                  outcome.remise_id) == 0
+
+
+def test_totals_that_disagree_are_named_in_the_status(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=10, seed=3)
+    computed = remise.declared
+    declared = msgspec.structs.replace(
+        computed,
+        purchases_count=computed.purchases_count + 1,
+        purchases_amount=computed.purchases_amount + 1250,
+    )
+    remise = msgspec.structs.replace(remise, declared=declared)
+
+    outcome = run_with_writer(db_dsn, lambda w: w.store(remise))
+
+    assert not outcome.is_correct
+    assert outcome.status == (
+        f"ECART ACHATS NB DECLARE {declared.purchases_count} CALCULE "
+        f"{computed.purchases_count} MONTANT DECLARE "
+        f"{declared.purchases_amount // 100},{declared.purchases_amount % 100:02d} CALCULE "
+        f"{computed.purchases_amount // 100},{computed.purchases_amount % 100:02d}"
+    )
+    assert _count(db_dsn, "SELECT count(*) FROM transactions WHERE remise_state = 'difference'"
+                  ) == 10
+
+
+def test_unknown_terminal_or_contract_stores_nothing(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    stranger = make_remise(terminal="TPE9999")
+    other_app = make_remise(application="AMEX")
+
+    with pytest.raises(UnknownReference, match="unknown terminal 'TPE9999'"):
+        run_with_writer(db_dsn, lambda w: w.store(stranger))
+    with pytest.raises(UnknownReference, match="unknown contract '1234567' for application"):
+        run_with_writer(db_dsn, lambda w: w.store(other_app))
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
+
+
+def test_bad_remise_is_refused_with_the_field_named(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    naive = msgspec.structs.replace(make_remise(), collected_at=datetime(2026, 1, 1))
+    tx = make_remise().transactions[0]
+    leaking = msgspec.structs.replace(
+        make_remise(), transactions=[msgspec.structs.replace(tx, pan_masked="4970101234567890")]
+    )
+    negative = msgspec.structs.replace(
+        make_remise(), declared=RemiseTotals(purchases_amount=-1)
+    )
+
+    with pytest.raises(InvalidRemise, match="collected_at 2026-01-01T00:00:00 has no time zone"):
+        run_with_writer(db_dsn, lambda w: w.store(naive))
+    with pytest.raises(InvalidRemise, match="transaction 1: pan_masked must be"):
+        run_with_writer(db_dsn, lambda w: w.store(leaking))
+    with pytest.raises(InvalidRemise, match="declared purchases_amount must be"):
+        run_with_writer(db_dsn, lambda w: w.store(negative))
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
+
+
+def test_moved_terminal_keeps_its_history_under_the_old_contract(db_dsn: str) -> None:
+    setup_fleet(db_dsn, applications=("CBEMV", "CBCLESS"))
+    first = make_remise(remise_number=1)
+    run_with_writer(db_dsn, lambda w: w.store(first))
+    with psycopg.connect(db_dsn) as conn:
+        (new_contract,) = conn.execute(
+            "INSERT INTO contracts (contract_number, application, bank_code, label)"
+            " VALUES ('7654321', 'CBEMV', '10278', 'NOUVEAU') RETURNING id"
+        ).fetchone()
+        upsert_terminal(conn, "TPE0000", new_contract)
+        conn.commit()
+    second = msgspec.structs.replace(make_remise(remise_number=2), contract_number="7654321")
+    run_with_writer(db_dsn, lambda w: w.store(second))
+
+    with psycopg.connect(db_dsn) as conn:
+        by_contract = conn.execute(
+            "SELECT contract_number, label, remise_number FROM remises ORDER BY remise_number"
+        ).fetchall()
+        moves = conn.execute(
+            "SELECT count(*), count(valid_to) FROM terminal_contracts"
+        ).fetchone()
+    assert by_contract == [("1234567", "BOULANGERIE CENTRE", 1), ("7654321", "NOUVEAU", 2)]
+    assert moves == (2, 1)
+
+
+def test_database_dump_contains_no_card_number(db_dsn: str) -> None:
+    from passerelle.storage.embedded import postgres_bin_dir
+
+    setup_fleet(db_dsn, terminals=3)
+    pans: list[str] = []
+    remises = [
+        make_remise(terminal=f"TPE{n:04d}", remise_number=n + 1, transactions=40, seed=n,
+                    pans=pans)
+        for n in range(3)
+    ]
+
+    async def store_all(writer: RemiseWriter) -> None:
+        for remise in remises:
+            await writer.store(remise)
+
+    run_with_writer(db_dsn, store_all)
+    dump = subprocess.run(
+        [str(postgres_bin_dir() / "pg_dump"), "--no-owner", db_dsn],
+        check=True, capture_output=True, text=True,
+    ).stdout
+
+    assert "Au Bon Pain" in dump  # the dump holds the data
+    digit_runs = re.findall(r"\d{12,}", dump)
+    candidates = {
+        run[i:j]
+        for run in digit_runs
+        for i in range(len(run))
+        for j in range(i + 12, min(len(run), i + 19) + 1)
+    }
+    assert not set(pans) & candidates
+    card_like = {c for c in candidates if c[:6] in {p[:6] for p in pans} and luhn_valid(c)}
+    assert card_like == set()
+    assert len(pans) == 120 and all(luhn_valid(p) for p in pans)
+
+
+def test_collected_remise_time_is_stored_in_utc(db_dsn: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    setup_fleet(db_dsn)
+    paris = datetime(2026, 7, 14, 23, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    remise = make_remise(collected_at=paris)
+
+    outcome = run_with_writer(db_dsn, lambda w: w.store(remise))
+
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        (stored,) = conn.execute(
+            "SELECT collected_at FROM remises WHERE id = %s", (outcome.remise_id,)
+        ).fetchone()
+    assert stored == datetime(2026, 7, 14, 21, 30, tzinfo=UTC)
