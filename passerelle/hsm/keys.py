@@ -12,8 +12,8 @@ import hashlib
 import hmac
 
 import msgspec
-from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.cmac import CMAC
 
 from passerelle.hsm import tdes
 from passerelle.hsm.errors import BadLengthError, WrongKeyTypeError

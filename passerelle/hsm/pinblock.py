@@ -89,7 +89,7 @@ def decode(block: bytes, pan: str, fmt: int) -> str:
 
 
 def _aes(key: bytes, data: bytes, decrypt: bool = False) -> bytes:
-    cipher = Cipher(algorithms.AES(key), modes.ECB())
+    cipher = Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305 - single-block payment primitive
     ctx = cipher.decryptor() if decrypt else cipher.encryptor()
     return ctx.update(data) + ctx.finalize()
 
@@ -103,7 +103,9 @@ def encipher(key: bytes, block: bytes, pan: str, fmt: int) -> bytes:
 def decipher(key: bytes, block: bytes, pan: str, fmt: int) -> bytes:
     size = 16 if fmt == 4 else 8
     if len(block) != size:
-        raise BadLengthError(f"an enciphered format {fmt} PIN block is {size} bytes, not {len(block)}")
+        raise BadLengthError(
+            f"an enciphered format {fmt} PIN block is {size} bytes, not {len(block)}"
+        )
     if fmt == 4:
         return _aes(key, tdes.xor(_aes(key, block, True), pan_field_4(pan)), True)
     return tdes.decrypt_ecb(key, block)

@@ -29,13 +29,13 @@ def _check_blocks(data: bytes) -> None:
 
 def encrypt_ecb(key: bytes, data: bytes) -> bytes:
     _check_blocks(data)
-    enc = Cipher(TripleDES(_expand(key)), modes.ECB()).encryptor()
+    enc = Cipher(TripleDES(_expand(key)), modes.ECB()).encryptor()  # noqa: S305 - single-block payment primitive
     return enc.update(data) + enc.finalize()
 
 
 def decrypt_ecb(key: bytes, data: bytes) -> bytes:
     _check_blocks(data)
-    dec = Cipher(TripleDES(_expand(key)), modes.ECB()).decryptor()
+    dec = Cipher(TripleDES(_expand(key)), modes.ECB()).decryptor()  # noqa: S305 - single-block payment primitive
     return dec.update(data) + dec.finalize()
 
 

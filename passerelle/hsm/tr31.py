@@ -34,9 +34,7 @@ class Header(msgspec.Struct, frozen=True):
     optional_blocks: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> str:
-        blocks = "".join(
-            f"{bid}{len(data) + 4:02X}{data}" for bid, data in self.optional_blocks
-        )
+        blocks = "".join(f"{bid}{len(data) + 4:02X}{data}" for bid, data in self.optional_blocks)
         return (
             f"{self.version}{self.length:04d}{self.usage}{self.algorithm}{self.mode_of_use}"
             f"{self.key_version}{self.exportability}{len(self.optional_blocks):02d}00{blocks}"
@@ -65,7 +63,9 @@ def parse_header(block: str) -> tuple[Header, int]:
         try:
             size = int(raw_len, 16)
         except ValueError:
-            raise BadInputError(f"TR-31 optional block {bid!r} has a bad length {raw_len!r}") from None
+            raise BadInputError(
+                f"TR-31 optional block {bid!r} has a bad length {raw_len!r}"
+            ) from None
         if size < 4 or offset + size > len(block):
             raise BadLengthError(f"TR-31 optional block {bid!r} overruns the key block")
         blocks.append((bid, block[offset + 4 : offset + size]))
@@ -104,7 +104,9 @@ def _derive(kbpk: bytes, version: str) -> tuple[bytes, bytes]:
         algo, prf, block = (0 if len(kbpk) == 16 else 1), _tdes_cmac, 8
     else:
         if len(kbpk) not in (16, 24, 32):
-            raise BadLengthError(f"a version D KBPK is a 16, 24 or 32-byte AES key, not {len(kbpk)}")
+            raise BadLengthError(
+                f"a version D KBPK is a 16, 24 or 32-byte AES key, not {len(kbpk)}"
+            )
         algo, prf, block = {16: 2, 24: 3, 32: 4}[len(kbpk)], _aes_cmac, 16
     bits = len(kbpk) * 8
     keys = []
@@ -118,8 +120,10 @@ def _derive(kbpk: bytes, version: str) -> tuple[bytes, bytes]:
 
 
 def _cbc(version: str, key: bytes, iv: bytes, data: bytes, decrypt: bool) -> bytes:
-    algo = algorithms.AES(key) if version == "D" else TripleDES(
-        key + key[:8] if len(key) == 16 else key
+    algo = (
+        algorithms.AES(key)
+        if version == "D"
+        else TripleDES(key + key[:8] if len(key) == 16 else key)
     )
     cipher = Cipher(algo, modes.CBC(iv))
     ctx = cipher.decryptor() if decrypt else cipher.encryptor()
@@ -186,8 +190,9 @@ def wrap(
     payload = len(key * 8).to_bytes(2, "big") + key
     payload += secrets.token_bytes(-len(payload) % blk)
     mac_chars = 8 if version in "AC" else 16 if version == "B" else 32
-    proto = Header(version, 0, usage, algorithm, mode_of_use, key_version, exportability,
-                   optional_blocks)
+    proto = Header(
+        version, 0, usage, algorithm, mode_of_use, key_version, exportability, optional_blocks
+    )
     length = len(proto.encode()) + 2 * len(payload) + mac_chars
     head_text = msgspec.structs.replace(proto, length=length).encode().encode("ascii")
     if version in "AC":
