@@ -317,11 +317,14 @@ class Pkcs11HSM:
 
         def decrypt() -> bytes:
             _, obj = self._typed(key, KeyType.DATA, int.from_bytes(blob[:2], "big"))
-            return obj.decrypt(
-                blob[14:],
-                mechanism=Mechanism.AES_GCM,
-                mechanism_param=GCMParams(blob[2:14], aad or None),
-            )
+            try:
+                return obj.decrypt(
+                    blob[14:],
+                    mechanism=Mechanism.AES_GCM,
+                    mechanism_param=GCMParams(blob[2:14], aad or None),
+                )
+            except p11e.GeneralError:  # SoftHSMv2 reports a bad GCM tag this way
+                raise VerificationError(f"data under key {key!r} does not authenticate") from None
 
         return await self._run(decrypt)
 
