@@ -22,6 +22,7 @@ import fcntl
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,10 @@ class Spool:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def has_pending(self) -> bool:
+        """Cheap check for the replayer: does any segment hold bytes?"""
+        return any(s.stat().st_size for s in self.segments())
+
     def pending_records(self) -> int:
         """Records waiting in the journal (for the spool-depth metric)."""
         return sum(len(self.read(s).records) for s in self.segments())
@@ -260,21 +265,39 @@ _DECODER = msgspec.msgpack.Decoder(Remise)
 
 class RemiseSink:
     """What the télécollecte dialogue calls: store a remise durably, in PostgreSQL if it
-    answers, else in the spool. Either way, when `store` returns, 0516 may be sent."""
+    answers, else in the spool. Either way, when `store` returns, 0516 may be sent.
 
-    def __init__(self, writer: RemiseWriter, spool: Spool) -> None:
+    After a failure the database is not tried again for `retry_after_s`: remises go straight
+    to the spool instead of each waiting out a connection timeout while terminals wait.
+    """
+
+    def __init__(self, writer: RemiseWriter, spool: Spool, *, retry_after_s: float = 2.0) -> None:
         self.writer = writer
         self.spool = spool
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
         self._replay_lock = asyncio.Lock()
 
     async def store(self, remise: Remise) -> Outcome:
         validate(remise)  # a bad remise is refused now, not discovered at replay
-        try:
-            outcome = await self.writer.store(remise)
-        except DatabaseUnavailable:
-            await asyncio.to_thread(self.spool.append, KIND_REMISE, _ENCODER.encode(remise))
-            return "spooled"
-        return "stored" if outcome.stored else "already_stored"
+        if time.monotonic() >= self._down_until:
+            try:
+                outcome = await self.writer.store(remise)
+            except DatabaseUnavailable:
+                self._down_until = time.monotonic() + self.retry_after_s
+            else:
+                return "stored" if outcome.stored else "already_stored"
+        await asyncio.to_thread(self.spool.append, KIND_REMISE, _ENCODER.encode(remise))
+        return "spooled"
+
+    async def replay_periodically(self, interval_s: float = 5.0) -> None:
+        """Replay whenever the spool holds records; run as a daemon task until cancelled."""
+        while True:
+            if await asyncio.to_thread(self.spool.has_pending):
+                report = await self.replay()
+                if report.finished:
+                    self._down_until = 0.0
+            await asyncio.sleep(interval_s)
 
     async def replay(self) -> ReplayReport:
         """Feed every spooled remise to the writer, oldest first; delete what is done."""

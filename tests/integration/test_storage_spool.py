@@ -1,0 +1,191 @@
+"""The spool journal: remises survive an unreachable database and a killed process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from passerelle.storage.db import StorageSettings, open_pool
+from passerelle.storage.remises import Remise, RemiseWriter
+from passerelle.storage.spool import RemiseSink, ReplayReport, Spool, SpoolError
+from tests.integration.storage_helpers import make_remise, setup_fleet
+
+pytestmark = pytest.mark.integration
+
+DOWN_DSN = "host=127.0.0.1 port=1 user=postgres dbname=postgres"
+FAST = StorageSettings(connect_timeout_s=1, pool_min_size=0, pool_max_size=4)
+
+
+async def _store_all(dsn: str, spool: Spool, remises: list[Remise]) -> list[str]:
+    async with open_pool(dsn, FAST) as pool:
+        sink = RemiseSink(RemiseWriter(pool), spool)
+        return [await sink.store(r) for r in remises]
+
+
+async def _replay(dsn: str, spool: Spool) -> ReplayReport:
+    async with open_pool(dsn, FAST) as pool:
+        return await RemiseSink(RemiseWriter(pool), spool).replay()
+
+
+def _stored_order(dsn: str) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT remise_number FROM remise_keys ORDER BY id").fetchall()
+    return [n for (n,) in rows]
+
+
+def test_database_down_spools_then_replays_in_order_and_nothing_twice(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    setup_fleet(db_dsn)
+    remises = [make_remise(remise_number=n, transactions=3, seed=n) for n in (5, 3, 9, 4)]
+    with Spool(tmp_path / "spool") as spool:
+        # remise 5 reached the database before it went away; the terminal repeats it later.
+        assert asyncio.run(_store_all(db_dsn, spool, remises[:1])) == ["stored"]
+        outcomes = asyncio.run(_store_all(DOWN_DSN, spool, [*remises, remises[1]]))
+        assert outcomes == ["spooled"] * 5
+        assert spool.pending_records() == 5
+
+        report = asyncio.run(_replay(db_dsn, spool))
+
+        assert (report.stored, report.already_stored, report.rejected) == (3, 2, [])
+        assert report.finished and spool.pending_records() == 0
+        assert _stored_order(db_dsn) == [5, 3, 9, 4]
+        again = asyncio.run(_replay(db_dsn, spool))
+        assert (again.stored, again.already_stored) == (0, 0)
+    with psycopg.connect(db_dsn) as conn:
+        spooled = conn.execute("SELECT remise_number FROM remises WHERE spooled ORDER BY 1")
+        assert [n for (n,) in spooled.fetchall()] == [3, 4, 9]
+        assert conn.execute("SELECT count(*) FROM transactions").fetchone() == (12,)
+
+
+def test_replay_with_the_database_still_down_keeps_everything(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    setup_fleet(db_dsn)
+    with Spool(tmp_path / "spool") as spool:
+        asyncio.run(_store_all(DOWN_DSN, spool, [make_remise(remise_number=1)]))
+        report = asyncio.run(_replay(DOWN_DSN, spool))
+        assert not report.finished and spool.pending_records() == 1
+        asyncio.run(_store_all(DOWN_DSN, spool, [make_remise(remise_number=2)]))
+        assert asyncio.run(_replay(db_dsn, spool)).stored == 2
+    assert _stored_order(db_dsn) == [1, 2]
+
+
+def test_unknown_terminal_in_the_spool_is_set_aside_not_blocking(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    setup_fleet(db_dsn)
+    remises = [make_remise(remise_number=1), make_remise(terminal="GHOST", remise_number=2),
+               make_remise(remise_number=3)]
+    with Spool(tmp_path / "spool") as spool:
+        asyncio.run(_store_all(DOWN_DSN, spool, remises))
+        report = asyncio.run(_replay(db_dsn, spool))
+    assert report.stored == 2 and len(report.rejected) == 1
+    assert "unknown terminal 'GHOST'" in report.rejected[0]
+    assert (tmp_path / "spool" / "rejected.log").stat().st_size > 0
+    assert _stored_order(db_dsn) == [1, 3]
+
+
+def test_torn_tail_is_ignored_and_appending_resumes_after_it(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    setup_fleet(db_dsn)
+    with Spool(tmp_path / "spool") as spool:
+        asyncio.run(_store_all(DOWN_DSN, spool, [make_remise(remise_number=n) for n in (1, 2)]))
+        (segment,) = spool.segments()
+    whole = segment.read_bytes()
+    with open(segment, "ab") as handle:  # what a kill -9 in the middle of a write leaves
+        handle.write(whole[: len(whole) // 4])  # part of one record
+
+    with Spool(tmp_path / "spool") as spool:
+        assert spool.torn_bytes_dropped == len(whole) // 4
+        asyncio.run(_store_all(DOWN_DSN, spool, [make_remise(remise_number=3)]))
+        report = asyncio.run(_replay(db_dsn, spool))
+    assert (report.stored, report.damaged_bytes) == (3, 0)
+    assert _stored_order(db_dsn) == [1, 2, 3]
+
+
+def test_one_process_at_a_time(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool"), pytest.raises(SpoolError, match="in use by another"):
+        Spool(tmp_path / "spool").open()
+
+
+def test_oversized_remise_is_refused_not_half_written(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool", max_record=1024) as spool:
+        with pytest.raises(SpoolError, match="exceeds the 1024-byte limit"):
+            asyncio.run(_store_all(DOWN_DSN, spool, [make_remise(transactions=50)]))
+        assert spool.pending_records() == 0
+
+
+def test_segments_rotate_and_replay_across_them(db_dsn: str, tmp_path: Path) -> None:
+    setup_fleet(db_dsn)
+    remises = [make_remise(remise_number=n, transactions=4, seed=n) for n in range(1, 9)]
+    with Spool(tmp_path / "spool", segment_bytes=3000) as spool:
+        asyncio.run(_store_all(DOWN_DSN, spool, remises))
+        assert len(spool.segments()) > 2
+        report = asyncio.run(_replay(db_dsn, spool))
+        assert report.stored == 8
+        assert len(spool.segments()) == 1 and spool.pending_records() == 0
+    assert _stored_order(db_dsn) == list(range(1, 9))
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from passerelle.storage.db import StorageSettings, open_pool
+    from passerelle.storage.remises import RemiseWriter
+    from passerelle.storage.spool import RemiseSink, Spool
+    from tests.integration.storage_helpers import make_remise
+
+    async def main():
+        settings = StorageSettings(connect_timeout_s=1, pool_min_size=0)
+        async with open_pool(sys.argv[2], settings) as pool:
+            with Spool(sys.argv[1]) as spool:
+                sink = RemiseSink(RemiseWriter(pool), spool)
+                number = 0
+                while True:
+                    number += 1
+                    remise = make_remise(remise_number=number, transactions=400, seed=number)
+                    assert await sink.store(remise) == "spooled"
+                    print(number, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_kill_9_mid_append_loses_no_acknowledged_remise(db_dsn: str, tmp_path: Path) -> None:
+    setup_fleet(db_dsn)
+    spool_dir = tmp_path / "spool"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(spool_dir), DOWN_DSN],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+    )
+    try:
+        acknowledged = []
+        assert child.stdout is not None
+        for line in child.stdout:
+            acknowledged.append(int(line))
+            if len(acknowledged) == 8:
+                break
+        os.kill(child.pid, signal.SIGKILL)  # while it is writing remise 9 or later
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+    with Spool(spool_dir) as spool:
+        report = asyncio.run(_replay(db_dsn, spool))
+    stored = _stored_order(db_dsn)
+    assert stored[: len(acknowledged)] == acknowledged
+    assert stored == list(range(1, len(stored) + 1))  # in order, none twice, no gap
+    assert report.stored == len(stored) and report.rejected == []
