@@ -23,6 +23,7 @@ class Pkcs11Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pin_env: str = "PASSERELLE_PKCS11_PIN"
     pin_file: str | None = None
     threads: int = 4  # worker threads (and sessions) driving the token off the event loop
+    timeout: float = 5.0  # seconds for one token call
 
 
 class PayShieldSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,6 +34,7 @@ class PayShieldSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     connections: int = 2
     max_in_flight: int = 64  # per connection
     keys: dict[str, str] = msgspec.field(default_factory=dict)  # name -> key under LMK
+    zone_pin_keys: list[str] = msgspec.field(default_factory=list)  # ZPK sources: CC, not CA
 
 
 class HSMSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
