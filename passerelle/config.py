@@ -10,7 +10,6 @@ for now; the issue that implements one replaces its `dict` with a Struct here.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from pathlib import Path
@@ -34,7 +33,7 @@ __all__ = [
 ]
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]  # finite: no inf, no nan
 Count = Annotated[int, msgspec.Meta(ge=1)]
 PacketSize = Annotated[int, msgspec.Meta(ge=16, le=4096)]  # and a power of two: see _check
 
@@ -71,7 +70,9 @@ class ListenerSettings(_Section):
 
 class XotListener(ListenerSettings):
     port: Port = 1998
-    max_frame: Count = 4100  # X.25 header (<= 4 bytes) + 4096 bytes of user data
+    # Largest CBCOM IPDU reassembled from an M-bit chain (X.25 packets themselves are
+    # bounded by x25.max_packet_size).
+    max_frame: Count = 16384
 
 
 class CbcomListener(ListenerSettings):
@@ -94,6 +95,8 @@ class IsoListener(ListenerSettings):
     host: str = "127.0.0.1"
     port: Port = 5000
     max_frame: Count = 8192
+    # Codec profile of the messages: cb2a, iso87-ascii or iso93-binary.
+    profile: Literal["cb2a", "iso87-ascii", "iso93-binary"] = "cb2a"
     # No session layer above the framer: an idle connection is closed after this long.
     idle_timeout: Seconds = 780.0
 
@@ -113,19 +116,22 @@ class ListenersSettings(_Section):
 class X25Settings(_Section):
     """What we offer and accept on a virtual circuit (DESIGN.md §2)."""
 
-    modulo: Literal[8, 128] = 8
+    allow_modulo_128: bool = True  # else a modulo-128 Call Request is cleared
     packet_size: PacketSize = 128  # default when the Call Request has no facility 0x42
     max_packet_size: PacketSize = 1024  # larger requests are negotiated down to this
-    window: Count = 2
-    max_window: Count = 7
+    window: Count = 2  # default when the Call Request has no facility 0x43
+    max_window: Annotated[int, msgspec.Meta(ge=1, le=127)] = 7  # capped at modulo - 1
+    call_timeout: Seconds = 180.0  # T11: Call Request or accept not in time
+    clear_timeout: Seconds = 60.0  # T13: no Clear Confirmation after our Clear
 
 
 class CbcomSettings(_Section):
     """CBCOM pseudo-session timers, in seconds (fractions allowed so tests stay fast)."""
 
-    tgr: Seconds = 30.0  # waiting for CN after the connection / call is up
-    tsi: Seconds = 780.0  # inactivity
-    tnr: Seconds = 60.0  # waiting for an answer
+    cn_timeout: Seconds = 30.0  # the CN must come this long after the connection / call
+    tgr: Seconds = 30.0  # a DE must be answered within TGR
+    tsi: Seconds = 780.0  # inactivity, unless the CN negotiates another value (PI17)
+    tnr: Seconds = 60.0  # client side (simulator): waiting for AC or an answer
 
 
 class MetricsSettings(_Section):
@@ -211,17 +217,9 @@ def _check(settings: Settings) -> None:
             f"x25.packet_size: {x25.packet_size} is larger than "
             f"x25.max_packet_size ({x25.max_packet_size})"
         )
-    for key in ("window", "max_window"):
-        value = getattr(x25, key)
-        if value > x25.modulo - 1:
-            raise ConfigError(f"x25.{key}: {value} does not fit modulo {x25.modulo} "
-                              f"(at most {x25.modulo - 1})")
-    if x25.window > x25.max_window:
+    if x25.window > min(x25.max_window, 7):
         raise ConfigError(f"x25.window: {x25.window} is larger than x25.max_window "
-                          f"({x25.max_window})")
-    for name in ("drain_timeout", "handshake_timeout"):
-        if not math.isfinite(getattr(settings.switchd, name)):
-            raise ConfigError(f"switchd.{name}: must be a finite number of seconds")
+                          f"({x25.max_window}) or 7 (modulo 8)")
     tls = settings.listeners.cbcom_tls
     if tls.enabled:
         for key in ("cert", "key"):

@@ -1,0 +1,202 @@
+"""Hands each CB2A / ISO 8583 message of a terminal session to its dialogue, by MTI.
+
+The registry is what later issues extend: authorization registers 0100/0200/0400/0420,
+télécollecte registers its 03xx/02xx/05xx/08xx messages for sessions in transfer mode.
+Until a dialogue exists, these rules apply (our choices, since CB2A is not public):
+
+* Network-management echo. CB2A numbers its messages as ISO 8583:1987 (version digit 0)
+  but uses ISO 8583:1993 function codes in field 24 on the 0804 family:
+  - 0800 -> 0810, 39=00: the 1987 echo (field 70 = 301 is echoed back with the rest);
+  - 0804 -> 0814, 39=00 when field 24 is absent or 831 (the 1993 "echo test" function);
+    any other function code (862 sign-on, 851 turn, 860 close: télécollecte) gets 39=12
+    until the télécollecte dialogue registers 0804 for transfer mode.
+  The same applies to 1800/1804 on the `iso93-binary` profile.
+* A request, advice or notification (MTI function digit 0, 2 or 4, or a repeat) with no
+  dialogue gets its response MTI (0100 -> 0110, 0421 -> 0430) with 39=12 "transaction
+  invalide": the message is well formed, we do not serve it. No field 44: nothing is wrong
+  with a field.
+* A message that cannot be decoded gets its response MTI with 39=30 "erreur de format" and
+  field 44 tag AA naming the field: 3-digit field number + 2-digit sub-element, "00" when
+  the error is in the field as a whole (the 0110-stripe vector reads AA=04701). The answer
+  echoes only the fields read before the error.
+* A response MTI (xx1x, xx3x) we never asked for, or an MTI too broken to answer, cannot get
+  an answer without risking a loop: it is logged, counted and dropped.
+
+A dialogue handler is `handler(message, context)` returning the answer bytes, None (no
+answer), or an awaitable of either; the session serialises messages, so a dialogue sees a
+terminal's messages in order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from passerelle.codecs.iso8583 import CodecError, Message
+from passerelle.codecs.profiles import get_profile
+from passerelle.switchd.metrics import Metrics
+
+Answer = bytes | None
+Handler = Callable[[Message, "SessionContext"], Answer | Awaitable[Answer]]
+
+# Never echoed in a generated reject: sensitive (track data, PIN block) or request-only.
+_NOT_ECHOED = (35, 36, 45, 52, 55)
+
+
+class SessionContext:
+    """What a dialogue knows about the terminal session that carried its message.
+
+    `mode` is "transactional" or "transfer" (CBCOM protocol type) or None (iso listener).
+    A multi-message dialogue (télécollecte) keeps its state in `state` and sets `busy`
+    while the terminal owes it more messages, so that a drain waits for it.
+    """
+
+    __slots__ = ("busy", "listener", "log", "mode", "peer", "profile", "state")
+
+    def __init__(self, listener: str, peer: str, profile: Any, log: Any) -> None:
+        self.listener = listener
+        self.peer = peer
+        self.profile = profile
+        self.log = log
+        self.mode: str | None = None
+        self.state: dict[str, Any] = {}
+        self.busy = False
+
+
+def response_mti(mti: str) -> str | None:
+    """The response MTI of a request/advice/notification MTI; None for anything else."""
+    if len(mti) != 4 or not mti.isdigit() or mti[2] not in "02468" or mti[3] not in "0123":
+        return None
+    return mti[:2] + str(int(mti[2]) + 1) + "0"
+
+
+def field_in_error(error: CodecError) -> str:
+    """Field 44 tag AA value naming the field of `error` (see the module docstring)."""
+    return f"{error.field or 0:03d}00"
+
+
+class Registry:
+    """MTI (and optionally session mode) -> dialogue handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str | None, str], Handler] = {}
+
+    def register(self, mtis: Iterable[str], handler: Handler, *, mode: str | None = None) -> None:
+        """Route `mtis` to `handler`; with `mode`, only for sessions in that mode."""
+        for mti in mtis:
+            self._handlers[mode, mti] = handler
+
+    def lookup(self, mti: str, mode: str | None) -> Handler | None:
+        return self._handlers.get((mode, mti)) or self._handlers.get((None, mti))
+
+
+def echo(message: Message, context: SessionContext) -> Answer:
+    """Network-management echo: 0800 -> 0810 and 0804 (24 = 831) -> 0814, with 39=00."""
+    mti = message.mti
+    answer = response_mti(mti)
+    assert answer is not None
+    code = "00"
+    if mti[2:] == "04" and 24 in message and message.get(24) != "831":
+        code = "12"
+    return message.respond(answer, {39: code})
+
+
+def default_registry() -> Registry:
+    """The registry switchd starts with: only the echo dialogue."""
+    registry = Registry()
+    registry.register(("0800", "0804", "1800", "1804"), echo)
+    return registry
+
+
+class Dispatcher:
+    """Parses a message, finds its dialogue, and turns every failure into the right answer."""
+
+    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+        self.registry = registry
+        self.metrics = metrics
+
+    def profile(self, name: str) -> Any:
+        return get_profile(name)
+
+    def handle(self, payload: bytes, context: SessionContext) -> Answer | Awaitable[Answer]:
+        """The answer to `payload` (bytes or None), or an awaitable of it for slow dialogues."""
+        try:
+            message = Message.parse(payload, context.profile)
+            mti = message.mti
+        except CodecError as error:
+            return self._format_error(error, context)
+        handler = self.registry.lookup(mti, context.mode)
+        if handler is None:
+            return self._unsupported(message, context)
+        try:
+            answer = handler(message, context)
+        except CodecError as error:
+            return self._format_error(error, context, message)
+        if inspect.isawaitable(answer):
+            return self._await(answer, message, context)
+        self._count(mti, answer, context)
+        return answer
+
+    async def _await(self, answer: Awaitable[Answer], message: Message,
+                     context: SessionContext) -> Answer:
+        try:
+            result = await answer
+        except CodecError as error:
+            return self._format_error(error, context, message)
+        self._count(message.mti, result, context)
+        return result
+
+    def _count(self, mti: str, answer: Answer, context: SessionContext) -> None:
+        result = "no_answer"
+        if answer is not None:
+            try:
+                reply = Message.parse(answer, context.profile)
+                result = str(reply.get(39)) if 39 in reply else "answered"
+            except CodecError:
+                result = "answered"
+        self.metrics.message(mti, result)
+        context.log.debug("cb2a.dialogue", mti=mti, result=result)
+
+    def _unsupported(self, message: Message, context: SessionContext) -> Answer:
+        mti = message.mti
+        answer_mti = response_mti(mti)
+        if answer_mti is None:
+            self.metrics.message(mti, "dropped")
+            context.log.warning("cb2a.dropped", mti=mti, reason="not a request we can answer")
+            return None
+        self.metrics.message(mti, "12")
+        context.log.info("cb2a.unsupported", mti=mti, answer=answer_mti)
+        try:
+            return message.respond(answer_mti, {39: "12", **dict.fromkeys(_NOT_ECHOED)})
+        except CodecError as error:
+            return self._format_error(error, context, message)
+
+    def _format_error(self, error: CodecError, context: SessionContext,
+                      message: Message | None = None) -> Answer:
+        """39=30 + 44 AA naming the field, built from what could be read of the request."""
+        self.metrics.error("cb2a", "format")
+        source = error.partial if error.partial is not None else message
+        mti = None
+        if source is not None:
+            try:
+                mti = source.mti
+            except CodecError:
+                source = None
+        answer_mti = response_mti(mti) if mti else None
+        context.log.warning("cb2a.format_error", mti=mti, field=error.field,
+                            offset=error.offset, reason=error.reason)
+        if source is None or answer_mti is None:
+            self.metrics.message(mti or "unreadable", "dropped")
+            return None
+        self.metrics.message(mti, "30")
+        changes: dict[int, Any] = {39: "30", 44: (("AA", field_in_error(error)),)}
+        if error.field is not None:
+            changes[error.field] = None
+        changes.update(dict.fromkeys(f for f in _NOT_ECHOED if f != 44))
+        try:
+            return source.respond(answer_mti, changes)
+        except CodecError as second:
+            context.log.warning("cb2a.unanswerable", mti=mti, field=second.field,
+                                reason=second.reason)
+            return None

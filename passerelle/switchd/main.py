@@ -1,0 +1,72 @@
+"""`switchd`: the terminal-facing daemon.
+
+    switchd --config /etc/passerelle/switchd.toml     run (systemd Type=notify)
+    switchd --check-config /etc/passerelle/switchd.toml   validate, exit 0 or 2
+
+Exit codes follow the project's CLI convention: 0 ok, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+
+import uvloop
+
+from passerelle.config import CbcomTlsListener, ConfigError, Settings, load_config
+from passerelle.switchd import logs
+from passerelle.switchd.server import Daemon
+from passerelle.switchd.tls import server_context
+
+
+def _check_tls(settings: Settings) -> None:
+    """Load the TLS files now, so that a bad certificate fails the check, not a reload."""
+    tls: CbcomTlsListener = settings.listeners.cbcom_tls
+    if not tls.enabled:
+        return
+    try:
+        server_context(tls)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"listeners.cbcom-tls: cannot load the certificate, key or "
+                          f"client CA ({error})") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchd", description="Passerelle terminal switch: XOT, CBCOM, CBCOM/TLS, ISO.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", metavar="FILE", help="settings file (TOML); "
+                       "without it every setting has its default")
+    group.add_argument("--check-config", metavar="FILE",
+                       help="validate FILE, print what is wrong, exit 0 (valid) or 2")
+    return parser
+
+
+async def _serve(settings: Settings) -> None:
+    daemon = Daemon(settings)
+    await daemon.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    path = args.check_config or args.config
+    try:
+        settings = load_config(path)
+        _check_tls(settings)
+    except ConfigError as error:
+        print(f"switchd: {path}: {error}", file=sys.stderr)
+        sys.exit(2)
+    if args.check_config:
+        print(f"switchd: {path}: configuration is valid")
+        return
+    logs.configure(settings.logging.level)
+    try:
+        uvloop.run(_serve(settings))
+    except OSError as error:  # e.g. a port already in use
+        logs.get_logger().error("switchd.failed", error=str(error))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
