@@ -274,6 +274,7 @@ class X25Circuit:
         self._peer_pr = 0  # lower edge of our send window (last P(R) received)
         self._pr_sent = 0  # lower edge of our receive window (last P(R) sent)
         self._peer_busy = False
+        self._interrupt_pending = False
         self._queue: deque[tuple[bytes, bool, bool]] = deque()  # (segment, m, q)
         self._chain = bytearray()
         self._chain_q: bool | None = None
@@ -400,6 +401,16 @@ class X25Circuit:
             for start in range(0, n, size):
                 self._queue.append((data[start : start + size], start + size < n, q))
         self._flush()
+
+    def send_interrupt(self, data: bytes = b"\x00") -> None:
+        """Send an Interrupt (1-32 bytes, outside flow control); one at a time: the next
+        may go once the peer has confirmed this one."""
+        if self.state is not State.DATA:
+            raise CircuitStateError(f"send_interrupt() in state {self.state.value}")
+        if self._interrupt_pending:
+            raise CircuitStateError("an interrupt is already waiting for its confirmation")
+        self._send(Interrupt(self.lcn, bytes(data), self.negotiated.modulo))
+        self._interrupt_pending = True
 
     @property
     def unacknowledged(self) -> int:
@@ -534,7 +545,7 @@ class X25Circuit:
         elif isinstance(packet, ResetRequest):
             self._send(ResetConfirmation(self.lcn, self.negotiated.modulo))
             self._vs = self._vr = self._peer_pr = self._pr_sent = 0
-            self._peer_busy = False
+            self._peer_busy = self._interrupt_pending = False
             self._queue.clear()
             self._chain.clear()
             self._chain_q = None
@@ -542,6 +553,8 @@ class X25Circuit:
         elif isinstance(packet, Interrupt):
             self._send(InterruptConfirmation(self.lcn, self.negotiated.modulo))
             events.append(Interrupted(packet.data))
+        elif isinstance(packet, InterruptConfirmation) and self._interrupt_pending:
+            self._interrupt_pending = False
         elif isinstance(packet, InterruptConfirmation):
             raise _Violation(
                 "interrupt confirmation without an interrupt",
