@@ -65,7 +65,7 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from passerelle.storage.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), database="postgres")
     try:
         yield server.start()
     finally:

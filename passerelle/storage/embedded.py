@@ -24,6 +24,10 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
 from passerelle.storage.db import StorageError
 
 _SYSTEM_USER = "pgserver"  # the name pgserver 0.1.4 uses when started as root
@@ -87,14 +91,15 @@ def postgres_bin_dir() -> Path:
 class EmbeddedPostgres:
     """A private PostgreSQL in `<state_dir>/pgdata`; use as a context manager or start/stop."""
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], database: str = "passerelle") -> None:
+        self.database = database
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.pgdata = self.state_dir / "pgdata"
         self._server = None
         self.dsn: str | None = None
 
     def start(self) -> str:
-        """Start (or attach to) the server and return a DSN for its `postgres` database."""
+        """Start (or attach to) the server; return a DSN for `database`, created if needed."""
         if self.dsn is not None:
             return self.dsn
         _check_root_prerequisites()
@@ -112,8 +117,22 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL in {self.pgdata} did not start: {exc}. "
                 f"Its log is {self.pgdata / 'log'}"
             ) from exc
-        self.dsn = self._server.get_uri()
+        self.dsn = self._ensure_database(self._server.get_uri(), self.database)
         return self.dsn
+
+    @staticmethod
+    def _ensure_database(server_dsn: str, database: str) -> str:
+        try:
+            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=10) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+                ).fetchone()
+                if exists is None:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except psycopg.Error as exc:
+            raise StorageError(f"embedded PostgreSQL: cannot create database {database!r}: "
+                               f"{str(exc).strip()}") from exc
+        return make_conninfo(server_dsn, dbname=database)
 
     @property
     def pid(self) -> int | None:

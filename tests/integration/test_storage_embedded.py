@@ -1,0 +1,84 @@
+"""The embedded PostgreSQL: starts as root, stops, and a real outage is spooled over."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from passerelle.storage.db import DatabaseUnavailable, StorageSettings, connect, open_pool
+from passerelle.storage.embedded import EmbeddedPostgres
+from passerelle.storage.migrate import migrate
+from passerelle.storage.remises import RemiseWriter
+from passerelle.storage.spool import RemiseSink, Spool
+from tests.integration.storage_helpers import make_remise, setup_fleet
+
+pytestmark = pytest.mark.integration
+
+
+def test_embedded_server_starts_even_as_root_and_stops(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "state")
+    try:
+        dsn = server.start()
+        postmaster = psutil.Process(server.pid)
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT current_database(), current_user").fetchone()
+        assert row == ("passerelle", "postgres")
+        if os.geteuid() == 0:  # initdb refuses root: the server runs unprivileged
+            assert postmaster.username() != "root"
+        assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()
+    finally:
+        server.stop()
+
+    assert not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(DatabaseUnavailable):
+        connect(dsn).close()
+
+
+def test_remises_acknowledged_during_an_outage_are_stored_once_after_it(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedPostgres(tmp_path / "state")
+    settings = StorageSettings(connect_timeout_s=1, pool_min_size=0, pool_max_size=4)
+    remises = [make_remise(remise_number=n, transactions=6, seed=n) for n in range(1, 7)]
+
+    async def scenario(spool: Spool) -> list[str]:
+        outcomes = []
+        async with open_pool(dsn, settings) as pool:
+            sink = RemiseSink(RemiseWriter(pool), spool, retry_after_s=0)
+            outcomes.append(await sink.store(remises[0]))
+            outcomes.append(await sink.store(remises[1]))
+            server.stop()  # PostgreSQL goes away with connections open in the pool
+            for remise in (*remises[2:5], remises[1]):
+                outcomes.append(await sink.store(remise))
+            server.start()
+            stored = already = 0
+            for _attempt in range(30):  # the pool reconnects with backoff, as in production
+                report = await sink.replay()
+                stored, already = stored + report.stored, already + report.already_stored
+                if report.finished:
+                    break
+            outcomes.append(f"replayed {stored}+{already}")
+            outcomes.append(await sink.store(remises[5]))
+        return outcomes
+
+    try:
+        dsn = server.start()
+        migrate(dsn)
+        setup_fleet(dsn)
+        with Spool(tmp_path / "state" / "spool") as spool:
+            outcomes = asyncio.run(scenario(spool))
+        with psycopg.connect(dsn) as conn:
+            numbers = conn.execute("SELECT remise_number FROM remises ORDER BY 1").fetchall()
+            tx_count = conn.execute("SELECT count(*) FROM transactions").fetchone()
+    finally:
+        server.stop()
+
+    assert outcomes == ["stored", "stored", "spooled", "spooled", "spooled", "spooled",
+                        "replayed 3+1", "stored"]
+    assert numbers == [(n,) for n in range(1, 7)]
+    assert tx_count == (36,)
