@@ -11,8 +11,8 @@ Until a dialogue exists, these rules apply (our choices, since CB2A is not publi
     any other function code (862 sign-on, 851 turn, 860 close: télécollecte) gets 39=12
     until the télécollecte dialogue registers 0804 for transfer mode.
   The same applies to 1800/1804 on the `iso93-binary` profile.
-* A request, advice or notification (MTI function digit 0, 2 or 4, or a repeat) with no
-  dialogue gets its response MTI (0100 -> 0110, 0421 -> 0430) with 39=12 "transaction
+* A request, advice or notification (MTI function digit 0, 2, 4, 6 or 8, or a repeat) with
+  no dialogue gets its response MTI (0100 -> 0110, 0421 -> 0430) with 39=12 "transaction
   invalide": the message is well formed, we do not serve it. No field 44: nothing is wrong
   with a field.
 * A message that cannot be decoded gets its response MTI with 39=30 "erreur de format" and
@@ -65,10 +65,14 @@ class SessionContext:
 
 
 def response_mti(mti: str) -> str | None:
-    """The response MTI of a request/advice/notification MTI; None for anything else."""
-    if len(mti) != 4 or not mti.isdigit() or mti[2] not in "02468" or mti[3] not in "0123":
+    """The response MTI of a request/advice/notification MTI; None for anything else.
+
+    The class digit goes up by one (0100 -> 0110), the origin digit is kept but a repeat
+    is answered as the original (0401 -> 0410, 0805 -> 0814).
+    """
+    if len(mti) != 4 or not mti.isdigit() or mti[2] not in "02468" or mti[3] not in "012345":
         return None
-    return mti[:2] + str(int(mti[2]) + 1) + "0"
+    return f"{mti[:2]}{int(mti[2]) + 1}{int(mti[3]) & ~1}"
 
 
 def field_in_error(error: CodecError) -> str:

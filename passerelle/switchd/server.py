@@ -91,6 +91,13 @@ class Listener:
             return
         self.log.info("tls.reloaded")
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Anything asyncio could not deliver: logged as one JSON event, never fatal."""
+        self.metrics.error("switchd", "loop")
+        error = context.get("exception")
+        self.log.error("switchd.loop_error", message=context.get("message"),
+                       exc_info=error if isinstance(error, BaseException) else None)
+
     def connection_gone(self) -> None:
         self.daemon.connection_gone()
 
@@ -129,6 +136,7 @@ class Daemon:
         return min(max(shortest / 8, 0.005), 0.5)
 
     async def start(self) -> None:
+        self.loop.set_exception_handler(self._loop_error)
         for listener in self.listeners.values():
             await listener.start()
         if self.settings.metrics.enabled:
@@ -194,6 +202,13 @@ class Daemon:
             self.metrics_server.close()
         await asyncio.sleep(0)  # let transports deliver their connection_lost
         self.log.info("switchd.stopped", drained_in=round(time.monotonic() - started, 3))
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Anything asyncio could not deliver: logged as one JSON event, never fatal."""
+        self.metrics.error("switchd", "loop")
+        error = context.get("exception")
+        self.log.error("switchd.loop_error", message=context.get("message"),
+                       exc_info=error if isinstance(error, BaseException) else None)
 
     def connection_gone(self) -> None:
         if self._stopping and not any(lst.connections for lst in self.listeners.values()):
