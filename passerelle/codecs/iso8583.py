@@ -1,13 +1,19 @@
 """The ISO 8583 engine: lazy, zero-copy decoding and building answers from views.
 
-`Message.parse` reads the MTI and the bitmaps and records where each field starts and ends
-in a `memoryview` of the caller's buffer; nothing is copied or converted. `get(n)` converts
-one field when asked, so routing (fields 2, 3, 4, 41, 42) converts five fields and no more.
-`respond` builds an answer from its request: fields it does not change are copied as raw
-slices, only new or changed fields are encoded, and the result is one `bytes.join`.
+`Message.parse` reads the MTI and the bitmaps, then locates every field through the
+bitmap's compiled `Layout` (one length-prefix read per variable field); nothing is copied
+or converted. `get(n)` converts one field when asked, so routing (fields 2, 3, 4, 41, 42)
+converts five fields and no more. `respond` builds an answer from its request: each run of
+fields it does not change is copied as one raw slice, only new or changed fields are
+encoded, and the result is one `bytes.join`.
 
-Every failure is a `CodecError(field, offset, reason)`; a decode failure carries `.partial`,
-the fields read before it, so a format-error reply can still echo the request's keys.
+Every failure is a `CodecError(field, offset, reason)`. The fast path only answers "valid or
+not"; an invalid message is parsed again by a careful field-by-field walk that says which
+field broke and where, and attaches `.partial`, the fields read before it, so a format-error
+reply can still echo the request's keys.
+
+A frame that is not `bytes` (a reused `bytearray`, a view into a receive buffer) is copied
+once on parse: lazy reads must never see a buffer that changed under them.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from passerelle.codecs.errors import CodecError
-from passerelle.codecs.fields import Data, FieldSpec, Kind, Parse, Prefix
+from passerelle.codecs.fields import FieldSpec, Parse
+from passerelle.codecs.layout import Layout, Recipe, read_units
 from passerelle.codecs.masking import Mask, apply_mask
-from passerelle.codecs.profile import Profile
-from passerelle.codecs.subfields import SUBFIELD_CODECS, SubElementError
+from passerelle.codecs.profile import MAX_CACHED_LAYOUTS, Profile
+from passerelle.codecs.subfields import SUBFIELD_CODECS
 
 Value = Any  # str | bytes | int | tuple[tuple[str, str | bytes], ...]
 
@@ -27,111 +34,86 @@ Value = Any  # str | bytes | int | tuple[tuple[str, str | bytes], ...]
 _BITS: tuple[tuple[int, ...], ...] = tuple(
     tuple(k + 1 for k in range(8) if byte & (0x80 >> k)) for byte in range(256)
 )
-_TRACK_CHARS = frozenset("0123456789=")
+_LOW64 = (1 << 64) - 1
 
 
 class Message:
-    """One decoded ISO 8583 message: a view over its bytes plus field boundaries."""
+    """One decoded ISO 8583 message: its bytes, its layout, and the layout's anchors."""
 
-    __slots__ = ("_buf", "_spans", "mti", "profile")
+    __slots__ = ("_anchors", "_data", "_layout", "mti", "profile")
 
-    def __init__(
-        self, profile: Profile, mti: str, buf: memoryview, spans: dict[int, tuple[int, int, int]]
-    ) -> None:
+    def __init__(self, profile: Profile, mti: str, data: bytes, layout: Layout,
+                 anchors: list[int]) -> None:
         self.profile = profile
         self.mti = mti
-        self._buf = buf
-        self._spans = spans  # field -> (prefix start, body start, end)
+        self._data = data
+        self._layout = layout
+        self._anchors = anchors
 
     # -- decoding -------------------------------------------------------------------------
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview, profile: Profile) -> Message:
         """Locate every field of `data`; convert nothing. Raises `CodecError`."""
-        buf = data if isinstance(data, memoryview) else memoryview(data)
-        if buf.ndim != 1 or buf.itemsize != 1:
-            buf = buf.cast("B")
-        size = len(buf)
-        spans: dict[int, tuple[int, int, int]] = {}
-        mti = ""
-        try:
-            mti, pos = _read_mti(buf, profile)
-            bitmap, pos = _read_bitmap(buf, pos, profile)
-            specs = profile.specs
-            for index, byte in enumerate(bitmap):
-                if not byte:
-                    continue
-                base = index << 3
-                for bit in _BITS[byte]:
-                    number = base + bit
-                    if number == 1:
-                        continue
-                    spec = specs[number]
-                    if spec is None:
-                        raise CodecError(
-                            number, pos, f"the bitmap names field {number}, "
-                            f"which profile {profile.name} does not define"
-                        )
-                    parse = spec.parse
-                    if parse is Parse.FIXED:
-                        end = pos + spec.fixed_size
-                        body = pos
-                    else:
-                        body = pos + spec.prefix_size
-                        if body > size:
-                            raise CodecError(number, pos, "truncated length prefix")
-                        units = _read_units(buf, pos, body, spec)
-                        if units > spec.max_len:
-                            raise CodecError(
-                                number, pos,
-                                f"length {units} exceeds the maximum {spec.max_len}",
-                            )
-                        end = body + ((units + 1) >> 1 if spec.half else units)
-                    if end > size:
-                        raise CodecError(
-                            number, pos, f"needs {end - pos} bytes, only {size - pos} left"
-                        )
-                    spans[number] = (pos, body, end)
-                    pos = end
-            if pos != size:
-                raise CodecError(None, pos, f"{size - pos} bytes after the last field")
-        except CodecError as exc:
-            exc.partial = cls(profile, mti, buf, spans)
-            raise
-        return cls(profile, mti, buf, spans)
+        if type(data) is not bytes:
+            data = bytes(data)
+        if profile.mti_bcd:
+            mti, header = data[:2].hex(), 2
+        else:
+            try:
+                mti = data[:4].decode(profile.mti_encoding)
+            except UnicodeDecodeError:
+                mti = ""
+            header = 4
+        bitmap_size = 16 if profile.bitmap_hex else 8
+        key = data[header : header + bitmap_size]
+        if key and (key[0] >= 0x38 if profile.bitmap_hex else key[0] & 0x80):
+            key = data[header : header + 2 * bitmap_size]
+        layout = profile.layouts.get(key)
+        if layout is None and len(key) in (8, 16, 32) and mti.isdigit() and len(mti) == 4:
+            layout = _compile(profile, key, header)
+        anchors = layout.walk(data) if layout is not None and mti.isdigit() else None
+        if anchors is None:
+            _parse_slowly(data, profile)  # raises the precise CodecError
+            raise CodecError(None, 0, "inconsistent message")  # pragma: no cover
+        return cls(profile, mti, data, layout, anchors)  # type: ignore[arg-type]
 
     def __contains__(self, number: object) -> bool:
-        return number in self._spans
+        return number in self._layout.where
 
     @property
-    def numbers(self) -> list[int]:
+    def numbers(self) -> tuple[int, ...]:
         """Present field numbers, in wire order."""
-        return list(self._spans)
+        return self._layout.numbers
+
+    @property
+    def wire(self) -> bytes:
+        return self._data
 
     def raw(self, number: int) -> memoryview:
         """The field's bytes as sent, length prefix included (a view, not a copy)."""
-        start, _, end = self._spans[number]
-        return self._buf[start:end]
-
-    @property
-    def wire(self) -> memoryview:
-        return self._buf
+        start, _, end = self._layout.span(self._anchors, number)
+        return memoryview(self._data)[start:end]
 
     def get(self, number: int, default: Value = None) -> Value:
-        """The field converted to str (n, an, ans, z), bytes (b) or sub-element pairs."""
-        span = self._spans.get(number)
-        if span is None:
+        """The field converted: str (n, an, ans, z), bytes (b) or sub-element pairs."""
+        entry = self._layout.where.get(number)
+        if entry is None:
             return default
-        return _convert(self.profile.specs[number], self._buf, span)  # type: ignore[arg-type]
+        anchor, delta, fixed, prefix_size, convert = entry
+        anchors = self._anchors
+        start = anchors[anchor] + delta
+        end = start + fixed if fixed else anchors[anchor + 1]
+        return convert(self._data, start, start + prefix_size, end)
 
     def __getitem__(self, number: int) -> Value:
-        if number not in self._spans:
+        if number not in self._layout.where:
             raise KeyError(number)
         return self.get(number)
 
-    def to_dict(self) -> dict[int, Value]:
-        """Every present field converted."""
-        specs, buf = self.profile.specs, self._buf
-        return {n: _convert(specs[n], buf, span) for n, span in self._spans.items()}  # type: ignore[arg-type]
+    def to_dict(self, *, subelements: bool = True) -> dict[int, Value]:
+        """Every present field converted; with `subelements=False`, sub-element fields
+        (44, 47, 55, 59 in CB2A) stay as their raw bodies, as they are stored or relayed."""
+        return self._layout.convert_all(self._data, self._anchors, subelements)
 
     # -- building ------------------------------------------------------------------------
     def respond(self, mti: str, changes: Mapping[int, Value | None] | None = None) -> bytes:
@@ -140,20 +122,32 @@ class Message:
         `changes` maps a field to its new value, or to None to leave the field out.
         """
         changes = changes or {}
-        spans, buf = self._spans, self._buf
-        numbers = set(spans)
-        numbers.update(changes)
-        parts: list[tuple[int, bytes | memoryview]] = []
-        for number in sorted(numbers):
-            if number in changes:
-                value = changes[number]
+        layout = self._layout
+        keys = tuple(changes)
+        recipe = layout.recipes.get(keys)
+        if recipe is None:
+            for number in keys:
+                _spec(self.profile, number)
+            recipe = Recipe(layout, keys)
+            if len(layout.recipes) < 64:
+                layout.recipes[keys] = recipe
+        anchors, encoders = self._anchors, self.profile.encoders
+        view = memoryview(self._data)
+        bits = recipe.bits
+        parts: list[bytes | memoryview] = [b"", b""]
+        for segment in recipe.segments:
+            if segment.__class__ is int:
+                value = changes[segment]
                 if value is None:
-                    continue
-                parts.append((number, encode_field(_spec(self.profile, number), value)))
+                    bits &= ~(1 << (128 - segment))
+                else:
+                    parts.append(encoders[segment](value))  # type: ignore[misc]
             else:
-                start, _, end = spans[number]
-                parts.append((number, buf[start:end]))
-        return _assemble(self.profile, mti, parts)
+                first, first_delta, last, last_delta = segment
+                parts.append(view[anchors[first] + first_delta : anchors[last] + last_delta])
+        parts[0] = _mti_bytes(self.profile, mti)
+        parts[1] = _bitmap_bytes(self.profile, bits)
+        return b"".join(parts)
 
     # -- display -------------------------------------------------------------------------
     def shown(self, number: int) -> str:
@@ -167,13 +161,13 @@ class Message:
         return show_value(spec, value)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._spans)
+        return iter(self._layout.numbers)
 
     def __len__(self) -> int:
-        return len(self._spans)
+        return len(self._layout.numbers)
 
     def __repr__(self) -> str:
-        fields = " ".join(f"{n}={self.shown(n)}" for n in self._spans)
+        fields = " ".join(f"{n}={self.shown(n)}" for n in self._layout.numbers)
         return f"<Message {self.profile.name} {self.mti or '????'} {fields}>"
 
     __str__ = __repr__
@@ -193,211 +187,38 @@ def show_value(spec: FieldSpec, value: Value) -> str:
 # -- encoding ------------------------------------------------------------------------------
 def encode(profile: Profile, mti: str, values: Mapping[int, Value]) -> bytes:
     """Encode a whole message from field values. Raises `CodecError`."""
-    parts = [
-        (number, encode_field(_spec(profile, number), value))
-        for number, value in sorted(values.items())
-        if value is not None
-    ]
-    return _assemble(profile, mti, parts)
+    bits = 0
+    parts: list[bytes] = [b"", b""]
+    for number in sorted(values):
+        value = values[number]
+        if value is None:
+            continue
+        parts.append(profile.encoders[_spec(profile, number).number](value))  # type: ignore[misc]
+        bits |= 1 << (128 - number)
+    parts[0] = _mti_bytes(profile, mti)
+    parts[1] = _bitmap_bytes(profile, bits)
+    return b"".join(parts)
 
 
 def encode_field(spec: FieldSpec, value: Value) -> bytes:
-    """One field's wire bytes, length prefix included."""
-    number = spec.number
-    if spec.sub is not None and isinstance(value, tuple | list):
-        try:
-            value = SUBFIELD_CODECS[spec.sub].encode(value)
-        except SubElementError as exc:
-            raise CodecError(number, 0, exc.reason) from None
-    data = spec.data
-    if data is Data.BCD:
-        text = _numeric_text(spec, value)
-        units = len(text) if spec.count_digits or not spec.var else (len(text) + 1) >> 1
-        if len(text) & 1:
-            text = "0" + text
-        body = bytes.fromhex(text.replace("=", "D"))
-    elif data is Data.BINARY or data is Data.HEX:
-        if isinstance(value, str) and spec.sub is not None:
-            value = value.encode("ascii")
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise CodecError(number, 0, f"expects bytes, got {type(value).__name__}")
-        body = bytes(value)
-        if data is Data.HEX:
-            body = body.hex().upper().encode("ascii")
-        units = len(body)
-    else:
-        text = _numeric_text(spec, value) if spec.kind is Kind.N else value
-        if not isinstance(text, str):
-            raise CodecError(number, 0, f"expects text, got {type(value).__name__}")
-        try:
-            body = text.encode(data.value)
-        except UnicodeEncodeError:
-            reason = f"holds characters that {data.value} cannot encode"
-            raise CodecError(number, 0, reason) from None
-        units = len(body)
-    if not spec.var:
-        if units != spec.max_len:
-            raise CodecError(number, 0, f"fixed length {spec.max_len}, got {units}")
-        return body
-    if units > spec.max_len:
-        raise CodecError(number, 0, f"length {units} exceeds the maximum {spec.max_len}")
-    return _prefix(spec, units) + body
+    """One field's wire bytes, length prefix included (for callers holding a spec)."""
+    from passerelle.codecs.layout import make_encoder  # noqa: PLC0415 - rare path
+
+    return make_encoder(spec)(value)
 
 
-def _numeric_text(spec: FieldSpec, value: Value) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise CodecError(spec.number, 0, "a numeric field cannot be negative")
-        text = str(value)
-        if not spec.var:
-            text = text.rjust(spec.max_len, "0")
-        return text
-    if not isinstance(value, str):
-        raise CodecError(spec.number, 0, f"expects digits, got {type(value).__name__}")
-    if spec.kind is Kind.Z:
-        text = value.replace("D", "=").replace("d", "=")
-        if not set(text) <= _TRACK_CHARS:
-            raise CodecError(spec.number, 0, "track data holds characters other than digits and =")
-        return text
-    if not (value.isascii() and value.isdigit()):
-        raise CodecError(spec.number, 0, "expects decimal digits only")
-    return value
-
-
-def _prefix(spec: FieldSpec, units: int) -> bytes:
-    if spec.prefix is Prefix.BINARY:
-        return units.to_bytes(spec.prefix_size, "big")
-    if spec.prefix is Prefix.BCD:
-        return bytes.fromhex(f"{units:0{2 * spec.prefix_size}d}")
-    return f"{units:0{spec.var}d}".encode(spec.prefix.value)
-
-
-def _assemble(profile: Profile, mti: str, parts: list[tuple[int, bytes | memoryview]]) -> bytes:
+def _mti_bytes(profile: Profile, mti: str) -> bytes:
     if len(mti) != 4 or not (mti.isascii() and mti.isdigit()):
         raise CodecError(None, 0, "the MTI must be 4 decimal digits")
-    bits = 0
-    for number, _ in parts:
-        if number < 2 or number > 128:
-            raise CodecError(number, 0, "field numbers run from 2 to 128")
-        bits |= 1 << (128 - number)
-    secondary = bits & ((1 << 64) - 1)
-    if secondary:
-        bits |= 1 << 127
-        bitmap = bits.to_bytes(16, "big")
+    return bytes.fromhex(mti) if profile.mti_bcd else mti.encode(profile.mti_encoding)
+
+
+def _bitmap_bytes(profile: Profile, bits: int) -> bytes:
+    if bits & _LOW64:
+        bitmap = (bits | 1 << 127).to_bytes(16, "big")
     else:
         bitmap = (bits >> 64).to_bytes(8, "big")
-    if profile.bitmap_hex:
-        bitmap = bitmap.hex().upper().encode("ascii")
-    head = bytes.fromhex(mti) if profile.mti_bcd else mti.encode(profile.mti_encoding)
-    return b"".join([head, bitmap, *(raw for _, raw in parts)])
-
-
-# -- decoding helpers ------------------------------------------------------------------------
-def _read_mti(buf: memoryview, profile: Profile) -> tuple[str, int]:
-    if profile.mti_bcd:
-        if len(buf) < 2:
-            raise CodecError(None, 0, "truncated MTI: needs 2 bytes")
-        mti = buf[:2].hex()
-        pos = 2
-    else:
-        if len(buf) < 4:
-            raise CodecError(None, 0, "truncated MTI: needs 4 bytes")
-        try:
-            mti = str(buf[:4], profile.mti_encoding)
-        except UnicodeDecodeError:
-            raise CodecError(None, 0, "the MTI is not text") from None
-        pos = 4
-    if not (mti.isascii() and mti.isdigit()):
-        raise CodecError(None, 0, "the MTI is not 4 decimal digits")
-    return mti, pos
-
-
-def _read_bitmap(buf: memoryview, pos: int, profile: Profile) -> tuple[bytes, int]:
-    if profile.bitmap_hex:
-        bitmap = _hex_bitmap(buf, pos)
-        pos += 16
-        if bitmap[0] & 0x80:
-            bitmap += _hex_bitmap(buf, pos)
-            pos += 16
-        return bitmap, pos
-    if len(buf) < pos + 8:
-        raise CodecError(None, pos, "truncated primary bitmap")
-    bitmap = bytes(buf[pos : pos + 8])
-    pos += 8
-    if bitmap[0] & 0x80:
-        if len(buf) < pos + 8:
-            raise CodecError(None, pos, "truncated secondary bitmap")
-        bitmap += bytes(buf[pos : pos + 8])
-        pos += 8
-    return bitmap, pos
-
-
-def _hex_bitmap(buf: memoryview, pos: int) -> bytes:
-    if len(buf) < pos + 16:
-        raise CodecError(None, pos, "truncated bitmap: needs 16 hex characters")
-    try:
-        return bytes.fromhex(str(buf[pos : pos + 16], "ascii"))
-    except ValueError:
-        raise CodecError(None, pos, "the bitmap is not hexadecimal") from None
-
-
-def _read_units(buf: memoryview, start: int, body: int, spec: FieldSpec) -> int:
-    parse = spec.parse
-    if parse is Parse.BIN:
-        return buf[start] if body - start == 1 else int.from_bytes(buf[start:body], "big")
-    if parse is Parse.BCD:
-        text = buf[start:body].hex()
-    else:
-        try:
-            text = str(buf[start:body], spec.prefix.value)
-        except UnicodeDecodeError:
-            text = ""
-    if not (text.isascii() and text.isdigit()):
-        raise CodecError(spec.number, start, "the length prefix is not decimal")
-    return int(text)
-
-
-def _convert(spec: FieldSpec, buf: memoryview, span: tuple[int, int, int]) -> Value:
-    start, body, end = span
-    data = spec.data
-    raw = buf[body:end]
-    if data is Data.BCD:
-        digits = raw.hex()
-        units = spec.max_len if not spec.var else _read_units(buf, start, body, spec)
-        if len(digits) != units:
-            if digits[0] != "0":
-                raise CodecError(spec.number, body, "the BCD pad nibble is not 0")
-            digits = digits[1:]
-        if spec.kind is Kind.Z:
-            digits = digits.replace("d", "=")
-            if not set(digits) <= _TRACK_CHARS:
-                raise CodecError(spec.number, body, "track data holds a nibble other than 0-9 or D")
-        elif not digits.isdigit():
-            raise CodecError(spec.number, body, "a BCD nibble is not a decimal digit")
-        return digits
-    if data is Data.BINARY:
-        value: Any = bytes(raw)
-    elif data is Data.HEX:
-        try:
-            value = bytes.fromhex(str(raw, "ascii"))
-        except ValueError:
-            raise CodecError(spec.number, body, "expected hexadecimal characters") from None
-    else:
-        try:
-            value = str(raw, data.value)
-        except UnicodeDecodeError:
-            raise CodecError(spec.number, body, f"the value is not {data.value} text") from None
-        if spec.kind is Kind.N and not (value.isascii() and value.isdigit()):
-            raise CodecError(spec.number, body, "a numeric field holds a non-digit")
-        if spec.kind is Kind.Z and not set(value) <= _TRACK_CHARS:
-            raise CodecError(spec.number, body, "track data holds characters other than 0-9 and =")
-    if spec.sub is not None:
-        try:
-            body_bytes = value if isinstance(value, bytes) else value.encode(data.value)
-            return SUBFIELD_CODECS[spec.sub].decode(body_bytes)
-        except SubElementError as exc:
-            raise CodecError(spec.number, body + exc.offset, exc.reason) from None
-    return value
+    return bitmap.hex().upper().encode("ascii") if profile.bitmap_hex else bitmap
 
 
 def _spec(profile: Profile, number: int) -> FieldSpec:
@@ -405,3 +226,111 @@ def _spec(profile: Profile, number: int) -> FieldSpec:
     if spec is None:
         raise CodecError(number, 0, f"profile {profile.name} does not define field {number}")
     return spec
+
+
+# -- layouts and the careful parser -----------------------------------------------------------
+def _binary_bitmap(profile: Profile, key: bytes) -> bytes | None:
+    if not profile.bitmap_hex:
+        return key
+    try:
+        return bytes.fromhex(key.decode("ascii"))
+    except ValueError:
+        return None
+
+
+def _numbers(bitmap: bytes) -> list[int]:
+    numbers = []
+    for index, byte in enumerate(bitmap):
+        base = index << 3
+        numbers.extend(base + bit for bit in _BITS[byte] if base + bit != 1)
+    return numbers
+
+
+def _compile(profile: Profile, key: bytes, header: int) -> Layout | None:
+    bitmap = _binary_bitmap(profile, key)
+    if bitmap is None or len(bitmap) != (16 if bitmap[0] & 0x80 else 8):
+        return None
+    numbers = _numbers(bitmap)
+    if any(profile.specs[n] is None for n in numbers):
+        return None
+    layout = profile.layout(numbers, header + len(key))
+    if len(profile.layouts) < MAX_CACHED_LAYOUTS:
+        profile.layouts[key] = layout
+    return layout
+
+
+def _parse_slowly(data: bytes, profile: Profile) -> None:
+    """Walk the message field by field and raise the precise `CodecError`."""
+    size = len(data)
+    done: list[int] = []
+    mti, header = "", profile.mti_size
+    try:
+        if size < header:
+            raise CodecError(None, 0, f"truncated MTI: needs {header} bytes")
+        if profile.mti_bcd:
+            mti = data[:2].hex()
+        else:
+            try:
+                mti = data[:4].decode(profile.mti_encoding)
+            except UnicodeDecodeError:
+                raise CodecError(None, 0, "the MTI is not text") from None
+        if not (mti.isascii() and mti.isdigit()):
+            mti = ""
+            raise CodecError(None, 0, "the MTI is not 4 decimal digits")
+        bitmap, pos = _read_bitmap(data, header, profile)
+        header = pos
+        specs = profile.specs
+        for number in _numbers(bitmap):
+            spec = specs[number]
+            if spec is None:
+                raise CodecError(number, pos, f"the bitmap names field {number}, "
+                                 f"which profile {profile.name} does not define")
+            if spec.parse is Parse.FIXED:
+                end = pos + spec.fixed_size
+            else:
+                body = pos + spec.prefix_size
+                units = read_units(data, pos, body, spec)
+                if units > spec.max_len:
+                    raise CodecError(number, pos,
+                                     f"length {units} exceeds the maximum {spec.max_len}")
+                end = body + spec.body_size(units)
+            if end > size:
+                raise CodecError(number, pos, f"needs {end - pos} bytes, only {size - pos} left")
+            done.append(number)
+            pos = end
+        if pos != size:
+            raise CodecError(None, pos, f"{size - pos} bytes after the last field")
+    except CodecError as exc:
+        layout = profile.layout(done, header)
+        anchors = _partial_anchors(layout, data)
+        exc.partial = Message(profile, mti, data, layout, anchors)
+        raise
+
+
+def _partial_anchors(layout: Layout, data: bytes) -> list[int]:
+    pos = layout.header
+    anchors = [pos]
+    for delta, prefix_size, _, half, _, spec in layout.steps:
+        start = pos + delta
+        units = read_units(data, start, start + prefix_size, spec)
+        pos = start + prefix_size + ((units + 1) >> 1 if half else units)
+        anchors.append(pos)
+    return anchors
+
+
+def _read_bitmap(data: bytes, pos: int, profile: Profile) -> tuple[bytes, int]:
+    width = 16 if profile.bitmap_hex else 8
+    chunk = _bitmap_chunk(data, pos, width, profile, "primary")
+    if chunk[0] & 0x80:
+        chunk += _bitmap_chunk(data, pos + width, width, profile, "secondary")
+        return chunk, pos + 2 * width
+    return chunk, pos + width
+
+
+def _bitmap_chunk(data: bytes, pos: int, width: int, profile: Profile, which: str) -> bytes:
+    if len(data) < pos + width:
+        raise CodecError(None, pos, f"truncated {which} bitmap: needs {width} bytes")
+    chunk = _binary_bitmap(profile, data[pos : pos + width])
+    if chunk is None or len(chunk) != 8:
+        raise CodecError(None, pos, f"the {which} bitmap is not 16 hexadecimal characters")
+    return chunk

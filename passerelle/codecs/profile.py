@@ -1,12 +1,19 @@
-"""A profile: one wire layout of ISO 8583, as data (MTI and bitmap encoding + field table)."""
+"""A profile: one wire layout of ISO 8583, as data (MTI and bitmap encoding + field table).
+
+At construction it derives, per field, a converter and an encoder specialised on the
+field's format, and it keeps a bounded cache of compiled `Layout`s keyed by bitmap.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
+from passerelle.codecs.layout import Converter, Encoder, Layout, make_converter, make_encoder
+
+MAX_CACHED_LAYOUTS = 1024  # distinct bitmaps remembered; hostile input cannot grow memory
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,18 @@ class Profile:
     specs: tuple[FieldSpec | None, ...]  # index = field number, 0 and 1 unused
     mti_encoding: str = "ascii"
     description: str = ""
+    converters: tuple[Converter | None, ...] = field(init=False, repr=False, compare=False)
+    plain_converters: tuple[Converter | None, ...] = field(init=False, repr=False, compare=False)
+    encoders: tuple[Encoder | None, ...] = field(init=False, repr=False, compare=False)
+    layouts: dict[bytes, Layout] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "converters", tuple(s and make_converter(s) for s in self.specs))
+        plain = tuple(s and make_converter(s, subelements=False) for s in self.specs)
+        set_(self, "plain_converters", plain)
+        set_(self, "encoders", tuple(s and make_encoder(s) for s in self.specs))
+        set_(self, "layouts", {})
 
     @classmethod
     def build(
@@ -29,6 +48,13 @@ class Profile:
                 raise ValueError(f"profile {name}: bad or repeated field {spec.number}")
             table[spec.number] = spec
         return cls(name, mti_bcd, bitmap_hex, tuple(table), description=description)
+
+    @property
+    def mti_size(self) -> int:
+        return 2 if self.mti_bcd else 4
+
+    def layout(self, numbers: Iterable[int], header: int) -> Layout:
+        return Layout(self.specs, numbers, header, self.converters, self.plain_converters)
 
     def with_text_encoding(self, encoding: str, name: str) -> Profile:
         """The same layout with text (an, ans and text prefixes) in another encoding.
@@ -48,4 +74,5 @@ class Profile:
             )
             for spec in self.specs
         )
-        return dataclasses.replace(self, name=name, specs=specs)
+        return Profile(self.name if name is None else name, self.mti_bcd, self.bitmap_hex, specs,
+                       self.mti_encoding, self.description)

@@ -48,21 +48,22 @@ class AsciiTLV:
     def decode(self, body: bytes) -> tuple[tuple[str, str], ...]:
         out: list[tuple[str, str]] = []
         pos, end = 0, len(body)
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise SubElementError(exc.start, "sub-element is not ASCII text") from None
         while pos < end:
             if end - pos < 4:
                 raise SubElementError(pos, "truncated sub-element header")
-            head = body[pos : pos + 4]
-            if not head[2:].isdigit():
+            digits = text[pos + 2 : pos + 4]
+            if not digits.isdigit():
                 raise SubElementError(pos + 2, "sub-element length is not 2 decimal digits")
-            size = int(head[2:])
             start = pos + 4
-            if start + size > end:
-                raise SubElementError(pos, f"sub-element length {size} runs past the field")
-            try:
-                out.append((head[:2].decode("ascii"), body[start : start + size].decode("ascii")))
-            except UnicodeDecodeError as exc:
-                raise SubElementError(pos, "sub-element is not ASCII text") from exc
-            pos = start + size
+            stop = start + int(digits)
+            if stop > end:
+                raise SubElementError(pos, f"sub-element length {digits} runs past the field")
+            out.append((text[pos : pos + 2], text[start:stop]))
+            pos = stop
         return tuple(out)
 
     def encode(self, items: Sequence[tuple[str, str]]) -> bytes:
@@ -88,31 +89,65 @@ class CBTLV:
 
     def decode(self, body: bytes) -> tuple[tuple[str, bytes], ...]:
         out: list[tuple[str, bytes]] = []
+        append, names = out.append, _TAG_NAMES
         pos, end = 0, len(body)
         while pos < end:
             if end - pos < 3:
                 raise SubElementError(pos, "truncated sub-element header")
-            size = body[pos + 2]
             start = pos + 3
-            if start + size > end:
-                raise SubElementError(pos, f"sub-element length {size} runs past the field")
-            out.append((body[pos : pos + 2].hex().upper(), body[start : start + size]))
-            pos = start + size
+            stop = start + body[pos + 2]
+            if stop > end:
+                reason = f"sub-element length {body[pos + 2]} runs past the field"
+                raise SubElementError(pos, reason)
+            tag = body[pos:start - 1]
+            name = names.get(tag)
+            if name is None:
+                name = _remember_tag(tag)
+            append((name, body[start:stop]))
+            pos = stop
         return tuple(out)
 
     def encode(self, items: Sequence[tuple[str, bytes]]) -> bytes:
         parts = []
-        for tag, value in items:
-            tag_bytes = _tag_bytes(tag)
-            if len(tag_bytes) > 2:
-                raise SubElementError(0, f"sub-element {tag}: tag longer than 2 bytes")
-            if not isinstance(value, bytes | bytearray | memoryview) or len(value) > 255:
-                raise SubElementError(0, f"sub-element {tag}: needs bytes of at most 255")
-            parts.append(tag_bytes.rjust(2, b"\0") + bytes((len(value),)) + bytes(value))
+        for tag, item in items:
+            tag_bytes = _TAG_BYTES.get(tag) or _cb_tag_bytes(tag)
+            value = item if item.__class__ is bytes else _as_bytes(tag, item)
+            if len(value) > 255:
+                raise SubElementError(0, f"sub-element {tag}: {len(value)} bytes, at most 255")
+            parts.append(tag_bytes + _LENGTH_BYTES[len(value)] + value)
         return b"".join(parts)
 
     def show(self, tag: str, value: str | bytes) -> str:
         return _show_emv(int(tag, 16), bytes(value))
+
+
+# Tag spellings seen so far, both ways; bounded so hostile input cannot grow them.
+_TAG_NAMES: dict[bytes, str] = {}
+_TAG_BYTES: dict[str, bytes] = {}
+_LENGTH_BYTES = tuple(bytes((n,)) for n in range(256))
+
+
+def _as_bytes(tag: str, value: object) -> bytes:
+    if not isinstance(value, bytearray | memoryview):
+        raise SubElementError(0, f"sub-element {tag}: needs bytes")
+    return bytes(value)
+
+
+def _remember_tag(tag: bytes) -> str:
+    name = tag.hex().upper()
+    if len(_TAG_NAMES) < 4096:
+        _TAG_NAMES[tag] = name
+    return name
+
+
+def _cb_tag_bytes(tag: str) -> bytes:
+    raw = _tag_bytes(tag)
+    if len(raw) > 2:
+        raise SubElementError(0, f"sub-element {tag}: tag longer than 2 bytes")
+    raw = raw.rjust(2, b"\0")
+    if len(_TAG_BYTES) < 4096:
+        _TAG_BYTES[tag] = raw
+    return raw
 
 
 class BerTLV:
