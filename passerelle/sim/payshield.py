@@ -62,6 +62,7 @@ class PayShieldSimulator:
         self.header_length = header_length
         self.delay = delay
         self.requests = 0
+        self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -113,6 +114,7 @@ class PayShieldSimulator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self.connections += 1
         try:
             while True:
                 size = int.from_bytes(await reader.readexactly(2), "big")
