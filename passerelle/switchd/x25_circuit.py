@@ -306,12 +306,7 @@ class X25Circuit:
             return []
         self._deadline = None
         if self.state is State.CLEARING:
-            return self._close(
-                x25.CAUSE_DTE_ORIGINATED,
-                x25.DIAG_TIMER_EXPIRED_CLEAR,
-                False,
-                "no clear confirmation",
-            )
+            return self._close(self._clear_cause, self._clear_diag, False, "no clear confirmation")
         if self.state is State.LISTEN:
             return self._close(0, x25.DIAG_TIMER_EXPIRED, False, "no call request")
         if self.state in (State.CALL_RECEIVED, State.CALLING):
