@@ -368,15 +368,16 @@ class Pkcs11HSM:
         raise NotSupportedError("pkcs11", "DUKPT derivation", "no X9.24 mechanism")
 
     async def close(self) -> None:
-        def close_all() -> None:
+        def shutdown() -> None:
+            # Let calls still running (e.g. ones their caller gave up on) finish first.
+            self._pool.shutdown(wait=True)
             with self._sessions_lock:
                 for session in self._sessions:
                     session.close()
                 self._sessions.clear()
+            self._login.close()
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, close_all)
-        self._pool.shutdown(wait=True)
-        self._login.close()
+        await asyncio.to_thread(shutdown)
 
 
 def read_pin(pin_env: str, pin_file: str | None) -> str:
