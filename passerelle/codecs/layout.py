@@ -25,8 +25,9 @@ Encoder = Callable[[Any], bytes]
 
 _TRACK_CHARS = frozenset("0123456789=")
 _LENGTH_BYTES = tuple(bytes((n,)) for n in range(256))
-_BIN1 = 1  # step kinds: 1-byte binary prefix (the common case), or any other prefix
-_OTHER = 2
+_BIN1 = 1  # step kinds: 1-byte binary prefix (CB2A), ASCII digits (iso87), any other prefix
+_ASCII = 2
+_OTHER = 3
 
 
 class Layout:
@@ -56,7 +57,12 @@ class Layout:
                 entry = (anchor, delta, spec.fixed_size, 0, conv)
                 delta += spec.fixed_size
             else:
-                kind = _BIN1 if spec.parse is Parse.BIN and spec.prefix_size == 1 else _OTHER
+                if spec.parse is Parse.BIN and spec.prefix_size == 1:
+                    kind = _BIN1
+                elif spec.prefix is Prefix.ASCII:
+                    kind = _ASCII
+                else:
+                    kind = _OTHER
                 steps.append((delta, spec.prefix_size, kind, spec.half, spec.max_len, spec))
                 entry = (anchor, delta, 0, spec.prefix_size, conv)
                 anchor, delta = anchor + 1, 0
@@ -80,6 +86,11 @@ class Layout:
                 start = pos + delta
                 if kind == _BIN1:
                     units = data[start]
+                elif kind == _ASCII:
+                    digits = data[start : start + prefix_size]
+                    if not digits.isdigit() or len(digits) != prefix_size:
+                        return None
+                    units = int(digits)
                 else:
                     units = read_units(data, start, start + prefix_size, spec)
                 if units > max_len:
@@ -110,9 +121,10 @@ class Layout:
                 text = chunk.hex()
                 valid = text.isdigit() and all(text[pad] == "0" for pad in extra)
             else:
+                encoding, numeric = extra
                 try:
-                    text = chunk.decode(extra)
-                    valid = True
+                    text = chunk.decode(encoding)
+                    valid = all(text[b:e].isascii() and text[b:e].isdigit() for b, e in numeric)
                 except UnicodeDecodeError:
                     valid = False
             if not valid:  # convert one by one: the culprit raises its precise CodecError
@@ -142,7 +154,7 @@ def _run_kind(spec: FieldSpec) -> int:
         return _SINGLE
     if spec.data is Data.BCD and spec.kind is Kind.N:
         return _BCD_RUN
-    if spec.data in (Data.ASCII, Data.EBCDIC) and spec.kind in (Kind.AN, Kind.ANS):
+    if spec.data in (Data.ASCII, Data.EBCDIC) and spec.kind in (Kind.N, Kind.AN, Kind.ANS):
         return _TEXT_RUN
     return _SINGLE
 
@@ -175,12 +187,15 @@ def _group_runs(specs: tuple[FieldSpec | None, ...], entries: list[tuple[Any, ..
                 nibble += width
             runs.append((_BCD_RUN, anchor, delta, size, tuple(cuts), tuple(group), tuple(pads)))
         else:
-            cuts, offset = [], 0
+            cuts, offset, numeric = [], 0, []
             for entry in group:
                 cuts.append((entry[0], offset, offset + entry[3]))
+                spec = specs[entry[0]]
+                if spec is not None and spec.kind is Kind.N:
+                    numeric.append((offset, offset + entry[3]))
                 offset += entry[3]
             runs.append((_TEXT_RUN, anchor, delta, size, tuple(cuts), tuple(group),
-                         spec0.data.value))
+                         (spec0.data.value, tuple(numeric))))
         group.clear()
 
     for entry in entries:
