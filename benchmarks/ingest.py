@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import secrets
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import msgspec
 import psycopg
+import structlog
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -184,6 +186,7 @@ def main() -> int:
     parser.add_argument("--transactions", type=int, help="transactions per remise")
     parser.add_argument("--workers", type=int, default=8, help="concurrent remise writers")
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     remises = args.remises or (400 if args.quick else 2000)
     per_remise = args.transactions or (100 if args.quick else 200)
 

@@ -65,6 +65,14 @@ class StorageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise StorageError(f"storage.months_ahead must be >= 0, got {self.months_ahead}")
 
 
+def settings_from_table(table: dict[str, object]) -> StorageSettings:
+    """Validate the raw `[storage]` configuration table, naming the bad key."""
+    try:
+        return msgspec.convert(table, StorageSettings)
+    except msgspec.ValidationError as exc:
+        raise StorageError(f"[storage] configuration: {exc}") from exc
+
+
 def _connect_kwargs(settings: StorageSettings) -> dict[str, object]:
     kwargs: dict[str, object] = {"connect_timeout": max(1, round(settings.connect_timeout_s))}
     if settings.statement_timeout_ms:

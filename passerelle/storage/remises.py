@@ -23,6 +23,7 @@ from typing import Literal
 
 import msgspec
 import psycopg
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from passerelle.storage.db import StorageError, translate_errors
@@ -30,6 +31,7 @@ from passerelle.storage.db import StorageError, translate_errors
 Operation = Literal["purchase", "refund", "cancellation"]
 Result = Literal["approved", "declined"]
 
+log = structlog.get_logger("passerelle.storage")
 STATUS_CORRECT = "REMISE CORRECTE"
 _PAN_MASKED = re.compile(r"^[0-9]{6}\*{2,9}[0-9]{4}$")
 _EXPIRY = re.compile(r"^[0-9]{2}(0[1-9]|1[0-2])$")
@@ -324,7 +326,10 @@ class RemiseWriter:
                 context = await self._lookup(conn, remise)
                 claimed = await (await conn.execute(_CLAIM_KEY, (*key, collected_at))).fetchone()
                 if claimed is None:
-                    return await self._existing(conn, remise)
+                    existing = await self._existing(conn, remise)
+                    log.info("storage.remise_repeated", terminal=key[0], contract=key[1],
+                             application=key[2], remise=key[3], remise_id=existing.remise_id)
+                    return existing
                 remise_id = claimed[0]
                 await conn.execute(
                     _INSERT_REMISE,
@@ -350,6 +355,9 @@ class RemiseWriter:
                         copy.set_types(COPY_TYPES)
                         for row in rows:
                             await copy.write_row(row)
+        log.info("storage.remise_stored", terminal=key[0], contract=key[1],
+                 application=key[2], remise=key[3], remise_id=remise_id,
+                 transactions=len(remise.transactions), status=status, spooled=spooled)
         return StoreOutcome(remise_id, True, status, is_correct, len(remise.transactions))
 
     @staticmethod

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+import structlog
 
 from passerelle.storage.db import DatabaseUnavailable, StorageError
 from passerelle.storage.remises import Remise, RemiseWriter, validate
 
+log = structlog.get_logger("passerelle.storage")
 MAGIC = b"PSJ1"
 _HEADER = struct.Struct(">4sBBII")
 HEADER_SIZE = _HEADER.size
@@ -182,6 +184,8 @@ class Spool:
                 os.ftruncate(fd, valid_end)
                 os.fsync(fd)
                 self.torn_bytes_dropped += size - valid_end
+                log.warning("spool.torn_tail_dropped", segment=path.name,
+                            bytes=size - valid_end)
                 size = valid_end
         if created:
             _fsync_dir(self.directory)
@@ -283,11 +287,15 @@ class RemiseSink:
         if time.monotonic() >= self._down_until:
             try:
                 outcome = await self.writer.store(remise)
-            except DatabaseUnavailable:
+            except DatabaseUnavailable as exc:
                 self._down_until = time.monotonic() + self.retry_after_s
+                log.warning("spool.database_unavailable", error=str(exc))
             else:
                 return "stored" if outcome.stored else "already_stored"
         await asyncio.to_thread(self.spool.append, KIND_REMISE, _ENCODER.encode(remise))
+        log.info("spool.remise_spooled", terminal=remise.terminal_serial,
+                 contract=remise.contract_number, application=remise.application,
+                 remise=remise.remise_number, transactions=len(remise.transactions))
         return "spooled"
 
     async def replay_periodically(self, interval_s: float = 5.0) -> None:
@@ -317,6 +325,8 @@ class RemiseSink:
                         return report
                     except (StorageError, msgspec.DecodeError) as exc:
                         await asyncio.to_thread(self.spool.reject, record.kind, record.payload)
+                        log.error("spool.record_rejected", segment=segment.name,
+                                  offset=record.offset, error=str(exc))
                         report.rejected.append(f"{segment.name}@{record.offset}: {exc}")
                         continue
                     if outcome.stored:
@@ -324,4 +334,8 @@ class RemiseSink:
                     else:
                         report.already_stored += 1
                 await asyncio.to_thread(self.spool.remove, segment)
+        if report.stored or report.already_stored or report.rejected:
+            log.info("spool.replayed", stored=report.stored,
+                     already_stored=report.already_stored, rejected=len(report.rejected),
+                     damaged_bytes=report.damaged_bytes)
         return report

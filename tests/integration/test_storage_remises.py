@@ -240,3 +240,36 @@ def test_collected_remise_time_is_stored_in_utc(db_dsn: str) -> None:
             "SELECT collected_at FROM remises WHERE id = %s", (outcome.remise_id,)
         ).fetchone()
     assert stored == datetime(2026, 7, 14, 21, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("table", "where", "index"),
+    [
+        ("transactions", "pan_hmac = '\\x00'::bytea", "pan_hmac"),
+        ("transactions", "right(pan_masked, 4) = '1234' AND tx_at >= now() - interval '1 day'",
+         "right_tx_at"),
+        ("transactions", "rrn = '000000000001'", "rrn"),
+        ("transactions", "authorization_number = '123456'", "authorization_number"),
+        ("transactions", "contract_number = '1234567' AND tx_at >= now() - interval '1 day'",
+         "contract_number_tx_at"),
+        ("transactions", "terminal_serial = 'TPE0000' AND tx_at >= now() - interval '1 day'",
+         "terminal_serial_tx_at"),
+        ("transactions", "siret = '73282932000074' AND tx_at >= now() - interval '1 day'",
+         "siret_tx_at"),
+        ("transactions", "amount = 1500 AND tx_at >= now() - interval '1 day'", "amount_tx_at"),
+        ("remises", "contract_number = '1234567' AND collected_at >= now() - interval '1 day'",
+         "contract_number_collected_at"),
+        ("remises", "terminal_serial = 'TPE0000'", "terminal_serial_collected_at"),
+        ("remises", "remise_number = 12", "remise_number"),
+        ("remises", "file_number = 12", "file_number"),
+        ("remises", "lower(trade_name) = 'au bon pain'", "lower_collected_at"),
+        ("remises", "bank_code = '30004' AND rang = '001'", "bank_code_rang_collected_at"),
+    ],
+)
+def test_search_filters_have_an_index(db_dsn: str, table: str, where: str, index: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            row[0] for row in conn.execute(f"EXPLAIN SELECT * FROM {table} WHERE {where}")
+        )
+    assert f"_{index}_idx" in plan, plan

@@ -140,6 +140,8 @@ def test_segments_rotate_and_replay_across_them(db_dsn: str, tmp_path: Path) -> 
 _CHILD = textwrap.dedent(
     """
     import asyncio, sys
+    import structlog
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     from passerelle.storage.db import StorageSettings, open_pool
     from passerelle.storage.remises import RemiseWriter
     from passerelle.storage.spool import RemiseSink, Spool
@@ -167,7 +169,8 @@ def test_kill_9_mid_append_loses_no_acknowledged_remise(db_dsn: str, tmp_path: P
     spool_dir = tmp_path / "spool"
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(spool_dir), DOWN_DSN],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=Path(__file__).parents[2],
     )
     try:
         acknowledged = []
