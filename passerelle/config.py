@@ -50,8 +50,8 @@ class SwitchdSettings(_Section):
     state_dir: str = "/var/lib/passerelle"
     # SIGTERM: how long dialogues in flight may run before switchd exits anyway.
     drain_timeout: Seconds = 30.0
-    # Before the session layer owns the connection (PROXY header, TLS handshake, X.25
-    # call set-up), a peer that says nothing is dropped after this long.
+    # PROXY header and TLS handshake must be done within this; then the protocol's own
+    # timers rule (x25.call_timeout, cbcom.cn_timeout, listeners.iso.idle_timeout).
     handshake_timeout: Seconds = 10.0
 
 

@@ -186,7 +186,6 @@ class Connection(asyncio.Protocol):
 
     def session_started(self, mode: str | None = None) -> None:
         """The stack's session layer is up (X.25 call accepted, CBCOM CN accepted)."""
-        self.handshake_deadline = math.inf
         if self.context is not None:
             self.context.mode = mode
         self.listener.sessions_open.inc()
@@ -230,6 +229,7 @@ class Connection(asyncio.Protocol):
         listener = self.listener
         profile = listener.daemon.dispatcher.profile(listener.profile)
         self.context = SessionContext(listener.name, self.peer, profile, self.log)
+        self.handshake_deadline = math.inf  # from here on, the stack's own timers rule
         self.stack = listener.make_stack(self)
 
     def _read_proxy_header(self, data: bytes) -> bytes:

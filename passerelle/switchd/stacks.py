@@ -241,6 +241,8 @@ class XotStack(_CbcomUser):
                 conn.log.info("x25.call_incoming", called=event.called, calling=event.calling,
                               lcn=event.lcn, modulo=neg.modulo, packet_size=neg.packet_size_tx,
                               window=neg.window_tx)
+                if circuit.state is not xc.State.CALL_RECEIVED:
+                    continue  # a packet after the Call Request already broke the call
                 circuit.accept_call()
                 conn.log.info("x25.call_accepted", lcn=event.lcn)
                 self.session = cs.CbcomSession(cs.Role.SERVER, self._cbcom_config(), now=now)
