@@ -13,6 +13,7 @@ when it decodes the bytes it encoded, so `decode(encode(v)) == v` is the propert
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -66,6 +67,11 @@ def field_values(spec: FieldSpec) -> st.SearchStrategy[Value]:
     if spec.data is Data.HEX:  # the length counts hex characters: two per byte
         return _length(spec, spec.max_len // 2).flatmap(
             lambda n: st.binary(min_size=n, max_size=n)
+        )
+    if spec.data is Data.BCD and spec.var and not spec.count_digits:
+        # The prefix counts bytes: only even digit counts have one reading.
+        return _length(spec, spec.max_len).flatmap(
+            lambda n: st.text(st.sampled_from(DIGITS), min_size=2 * n, max_size=2 * n)
         )
     if spec.kind is Kind.N:
         alphabet: Any = st.sampled_from(DIGITS)
@@ -202,3 +208,56 @@ def full_pans_in(text: str) -> list[str]:
                 if window[0] in "23456" and luhn_ok(window):
                     found.append(window)
     return found
+
+
+# -- synthetic profiles ------------------------------------------------------------------
+# The shipped profiles leave some combinations unused (EBCDIC length prefixes, 2-byte binary
+# LLL prefixes, BCD lengths counted in bytes, sub-elements over hex text ...). These two
+# profiles hold every combination, once with a BCD MTI and binary bitmaps, once with an
+# EBCDIC MTI and hexadecimal bitmaps, so the round-trips reach all of the engine.
+def _mixed_specs() -> list[FieldSpec]:
+    from passerelle.codecs.fields import Prefix
+
+    # (kind, data, extra FieldSpec arguments, fixed size or None when only variable)
+    variants: list[tuple[Kind, Data, dict[str, Any], int | None]] = [
+        (Kind.N, Data.BCD, {}, 7),
+        (Kind.N, Data.BCD, {"count_digits": False}, None),
+        (Kind.N, Data.ASCII, {}, 5),
+        (Kind.N, Data.EBCDIC, {}, 3),
+        (Kind.Z, Data.BCD, {}, 9),
+        (Kind.Z, Data.ASCII, {}, None),
+        (Kind.AN, Data.ASCII, {}, 6),
+        (Kind.ANS, Data.EBCDIC, {}, 4),
+        (Kind.B, Data.BINARY, {}, 8),
+        (Kind.B, Data.HEX, {}, 16),
+        (Kind.ANS, Data.BINARY, {"sub": "ascii-tlv"}, None),
+        (Kind.B, Data.BINARY, {"sub": "cb-tlv"}, None),
+        (Kind.B, Data.BINARY, {"sub": "ber-tlv"}, None),
+        (Kind.B, Data.HEX, {"sub": "ber-tlv"}, None),
+    ]
+    specs: list[FieldSpec] = []
+    number = 2
+    for kind, data, extra, fixed in variants:
+        layouts: list[tuple[int, Prefix, int]] = []
+        if fixed is not None:
+            layouts.append((0, Prefix.BINARY, fixed))
+        for prefix in Prefix:
+            layouts += [(2, prefix, 99), (3, prefix, 300)]
+        for var, prefix, max_len in layouts:
+            if number == 65:  # keep 65 free: some engines treat it as a bitmap
+                number += 1
+            name = f"{kind}/{data}/{'fixed' if not var else f'L{var} {prefix}'}"
+            specs.append(FieldSpec(number, name, kind, max_len, var, prefix, data, **extra))
+            number += 1
+    return specs
+
+
+def mixed_profiles() -> dict[str, Profile]:
+    specs = _mixed_specs()
+    return {
+        "mixed-binary": Profile.build("mixed-binary", specs, mti_bcd=True, bitmap_hex=False),
+        "mixed-text": dataclasses.replace(
+            Profile.build("mixed-text", specs, mti_bcd=False, bitmap_hex=True),
+            mti_encoding="cp500",
+        ),
+    }
