@@ -112,9 +112,10 @@ class KeyInfo(msgspec.Struct, frozen=True):
 
 def check_length(name: str, algorithm: Algorithm, length: int) -> None:
     if length not in _LENGTHS[algorithm]:
-        allowed = ", ".join(str(n) for n in _LENGTHS[algorithm])
+        *head, last = (str(n) for n in _LENGTHS[algorithm])
+        allowed = f"{', '.join(head)} or {last}"
         raise BadLengthError(
-            f"key {name!r}: a {algorithm} key is {allowed} bytes long, not {length}"
+            f"key {name!r}: {algorithm.upper()} keys are {allowed} bytes long, not {length}"
         )
 
 
