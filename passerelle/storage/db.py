@@ -105,6 +105,16 @@ def connect(
         ) from exc
 
 
+# Failures that retrying later can cure: connection lost or refused, pool exhausted, timeouts,
+# a primary demoted to read-only during a failover, serialization conflicts.
+_TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.TransactionRollback,
+    psycopg.errors.ReadOnlySqlTransaction,
+)
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn psycopg exceptions raised while doing `what` into `StorageError`s."""
@@ -112,7 +122,7 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except psycopg.OperationalError as exc:
+    except _TRANSIENT as exc:
         raise DatabaseUnavailable(f"{what}: PostgreSQL unavailable: {str(exc).strip()}") from exc
     except psycopg.Error as exc:
         raise StorageError(f"{what}: {str(exc).strip()}") from exc

@@ -27,6 +27,9 @@ class Migration(msgspec.Struct, frozen=True):
     name: str
     sql: str
 
+    def __repr__(self) -> str:
+        return f"Migration({self.version:04d}_{self.name})"
+
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()

@@ -33,6 +33,15 @@ class PanHmacKey(msgspec.Struct, frozen=True):
                 f"at least {_MIN_KEY_BYTES} are needed"
             )
 
+    @classmethod
+    def from_hex(cls, version: int, key_hex: str) -> PanHmacKey:
+        """A key as configuration holds it (hexadecimal)."""
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            raise StorageError(f"PAN HMAC key version {version} is not hexadecimal") from None
+        return cls(version, key)
+
     def __repr__(self) -> str:  # never print key material
         return f"PanHmacKey(version={self.version}, key=<{len(self.key)} bytes>)"
 

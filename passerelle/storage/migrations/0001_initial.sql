@@ -162,7 +162,9 @@ CREATE INDEX remises_incorrect_idx ON remises (collected_at) WHERE NOT is_correc
 CREATE SEQUENCE transactions_id_seq AS bigint;
 
 -- A transaction as collected in a remise, with the remise's context copied in so that every
--- search filter is one indexed predicate on one partitioned table.
+-- search filter is one indexed predicate on one partitioned table. remise_state says whether
+-- the remise it came in was correct or showed a difference between declared and computed
+-- totals. direction: purchases are debits, refunds and cancellations credits.
 CREATE TABLE transactions (
     id                    bigint NOT NULL DEFAULT nextval('transactions_id_seq'),
     tx_at                 timestamptz NOT NULL,
