@@ -170,7 +170,8 @@ class Message:
         fields = " ".join(f"{n}={self.shown(n)}" for n in self._layout.numbers)
         return f"<Message {self.profile.name} {self.mti or '????'} {fields}>"
 
-    __str__ = __repr__
+    def __str__(self) -> str:
+        return self.__repr__()
 
 
 def show_value(spec: FieldSpec, value: Value) -> str:
@@ -239,7 +240,7 @@ def _binary_bitmap(profile: Profile, key: bytes) -> bytes | None:
 
 
 def _numbers(bitmap: bytes) -> list[int]:
-    numbers = []
+    numbers: list[int] = []
     for index, byte in enumerate(bitmap):
         base = index << 3
         numbers.extend(base + bit for bit in _BITS[byte] if base + bit != 1)

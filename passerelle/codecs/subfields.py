@@ -118,7 +118,7 @@ class CBTLV:
         return b"".join(parts)
 
     def show(self, tag: str, value: str | bytes) -> str:
-        return _show_emv(int(tag, 16), bytes(value))
+        return _show_emv(int(tag, 16), value if isinstance(value, bytes) else value.encode())
 
 
 # Tag spellings seen so far, both ways; bounded so hostile input cannot grow them.
@@ -209,7 +209,7 @@ class BerTLV:
         return b"".join(parts)
 
     def show(self, tag: str, value: str | bytes) -> str:
-        return _show_emv(int(tag, 16), bytes(value))
+        return _show_emv(int(tag, 16), value if isinstance(value, bytes) else value.encode())
 
 
 def _tag_bytes(tag: str) -> bytes:
