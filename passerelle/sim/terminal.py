@@ -154,6 +154,11 @@ class Terminal:
         self.send(apdu)
         return await self.receive(timeout)
 
+    @property
+    def tls_cipher(self) -> tuple[str, str, int] | None:
+        """(cipher, protocol, bits) of the TLS connection, None without TLS."""
+        return self._tls.cipher() if self._tls is not None else None
+
     def write_raw(self, data: bytes) -> None:
         """Bytes straight onto the stream (inside TLS if any): for bad-input tests."""
         self._write(data)
