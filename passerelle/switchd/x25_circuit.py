@@ -247,6 +247,30 @@ _FACILITY_DIAGS = range(x25.DIAG_FACILITY_CODE_NOT_ALLOWED, x25.DIAG_INVALID_FAC
 class X25Circuit:
     """The state machine of one virtual circuit (see the module docstring)."""
 
+    __slots__ = (
+        "_accept_facilities",
+        "_chain",
+        "_chain_q",
+        "_clear_cause",
+        "_clear_diag",
+        "_clear_reason",
+        "_deadline",
+        "_decoder",
+        "_interrupt_pending",
+        "_out",
+        "_peer_busy",
+        "_peer_pr",
+        "_pr_sent",
+        "_queue",
+        "_vr",
+        "_vs",
+        "config",
+        "lcn",
+        "negotiated",
+        "role",
+        "state",
+    )
+
     def __init__(
         self,
         role: Role = Role.DCE,

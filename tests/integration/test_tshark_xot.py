@@ -4,6 +4,10 @@ Calls are played between a DTE circuit (the terminal side) and a DCE circuit (sw
 every XOT packet is written as one IPv4/TCP segment (port 1998) into a pcap file, and
 tshark reads it back: no malformed packet, no expert warning or error on any frame, and
 the addresses, facilities, P(S)/P(R), M bits and clear causes read back as sent.
+
+The calls' user data does not start with 0x01: Wireshark takes that protocol identifier as
+X.29 (PAD) and would dissect the CBCOM IPDUs as X.29, warning about "trailing stray
+characters" in a payload that was never X.29 — a guess about the payload, not about X.25.
 """
 
 from __future__ import annotations
