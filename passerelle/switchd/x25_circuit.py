@@ -335,7 +335,9 @@ class X25Circuit:
             return self._close(0, x25.DIAG_TIMER_EXPIRED, False, "no call request")
         if self.state in (State.CALL_RECEIVED, State.CALLING):
             cause = x25.CAUSE_DTE_ORIGINATED if self.role is Role.DTE else x25.CAUSE_OUT_OF_ORDER
-            return self._start_clear(cause, x25.DIAG_TIMER_EXPIRED_INCOMING_CALL, now)
+            return self._start_clear(
+                cause, x25.DIAG_TIMER_EXPIRED_INCOMING_CALL, now, "call not set up in time"
+            )
         return []
 
     # --- Call set-up ---------------------------------------------------------------------
