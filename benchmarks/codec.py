@@ -7,7 +7,11 @@ For the reference CB2A 0100 EMV message (and the same fields in the iso87-ascii 
 - routing read: parse + fields 2, 3, 4, 41, 42 vs `iso8583.decode`;
 - response build: the 0110 built from the 0100 view (`respond`) vs `iso8583.encode` of the 0110.
 
-    .venv/bin/python benchmarks/codec.py [--quick] [--json PATH]
+    .venv/bin/python benchmarks/codec.py [--quick] [--json PATH] [--compiled]
+
+`--compiled` also measures the same source compiled to C with mypyc (built into a temporary
+directory, nothing in the tree changes): what the codec costs when installed as a compiled
+wheel, next to the pure-Python figures, in the same run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +59,8 @@ def iso87_equivalent(message: Message) -> tuple[bytes, dict[int, Any]]:
     for number, value in message.to_dict(subelements=False).items():
         spec = profile.specs[number]
         assert spec is not None
-        if isinstance(value, bytes) and spec.kind != "b":
-            value = value.hex().upper()
-        values[number] = value
+        text_field = isinstance(value, bytes) and spec.kind != "b"
+        values[number] = value.hex().upper() if text_field else value
     return encode(profile, message.mti, values), values
 
 
@@ -96,8 +102,10 @@ def measure(name: str, wire: bytes, answer: dict[int, Any], number: int, repeat:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (well under a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (under a minute)")
     parser.add_argument("--json", type=Path, help="write figures, ratios and targets here")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also measure the codec compiled with mypyc (needs mypy)")
     args = parser.parse_args()
     number, repeat = (2000, 3) if args.quick else (20000, 7)
 
@@ -112,7 +120,29 @@ def main() -> None:
         measure("cb2a", cb2a_wire, ANSWER_CB2A, number, repeat),
         measure("iso87-ascii", iso_wire, iso_answer, number, repeat),
     ]
-    print(f"{'profile':12} {'operation':30} {'ours µs':>9} {'pyiso µs':>9} {'ratio':>7} {'target':>7}")
+    compiled = Path(sys.modules[Message.__module__].__file__ or "").suffix == ".so"
+    build = "mypyc" if compiled else "pure Python"
+    print_table(build, results)
+    document: dict[str, Any] = {
+        "benchmark": "codec",
+        "quick": args.quick,
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+        "targets": TARGETS,
+        "build": build,
+        "results": results,
+    }
+    if args.compiled:
+        document["compiled"] = run_compiled(args.quick)
+        print_table("mypyc", document["compiled"]["results"])
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2))
+
+
+def print_table(build: str, results: list[dict]) -> None:
+    print(f"codec built as {build}")
+    print(f"{'profile':12} {'operation':30} {'ours µs':>9} {'pyiso µs':>9} "
+          f"{'ratio':>7} {'target':>7}")
     for result in results:
         times = result["us_per_op"]
         for op, ratio in result["ratios"].items():
@@ -121,16 +151,27 @@ def main() -> None:
             shown = f"{target:.0f}x" if target else "-"
             print(f"{result['profile']:12} {op:30} {times[op]:9.2f} {base:9.2f} "
                   f"{ratio:6.1f}x {shown:>7}")
-    document = {
-        "benchmark": "codec",
-        "quick": args.quick,
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu",
-        "targets": TARGETS,
-        "results": results,
-    }
-    if args.json:
-        args.json.write_text(json.dumps(document, indent=2))
+
+
+COMPILED_MODULES = ("layout.py", "iso8583.py", "subfields.py")
+
+
+def run_compiled(quick: bool) -> dict:
+    """Compile the codec's hot modules with mypyc in a scratch copy and run this benchmark
+    there, in a child process, so both builds are measured in the same run."""
+    source = Path(__file__).resolve().parents[1] / "passerelle"
+    with tempfile.TemporaryDirectory(prefix="passerelle-mypyc-") as scratch:
+        package = Path(scratch) / "passerelle"
+        shutil.copytree(source / "codecs", package / "codecs")
+        shutil.copy(source / "__init__.py", package / "__init__.py")
+        modules = [f"passerelle/codecs/{name}" for name in COMPILED_MODULES]
+        subprocess.run([sys.executable, "-m", "mypyc", *modules], cwd=scratch, check=True,
+                       stdout=subprocess.DEVNULL)
+        out = Path(scratch) / "compiled.json"
+        command = [sys.executable, __file__, "--json", str(out), *(["--quick"] if quick else [])]
+        env = dict(os.environ, PYTHONPATH=scratch, PASSERELLE_VECTORS=str(VECTORS))
+        subprocess.run(command, cwd=scratch, env=env, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
 
 
 def cb_tlv(items: tuple) -> bytes:
