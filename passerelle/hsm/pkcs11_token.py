@@ -4,10 +4,13 @@ Tested against SoftHSMv2. AES-GCM, AES-CMAC and HMAC-SHA256 are token mechanisms
 payment functions no generic token offers (PIN translation, retail MAC, EMV cryptograms,
 DUKPT, TR-31) raise `NotSupportedError` rather than pulling keys into host memory.
 
-PKCS#11 calls block, so they run on a small thread pool (python-pkcs11 releases the GIL
-around each C call); each worker thread owns one session, since a session must not be used
-by two threads at once. Keys are labelled `<name>/v<version>`, their CKA_ID holds the
-key type.
+PKCS#11 calls block, so they run on worker threads (python-pkcs11 releases the GIL around
+each C call) and the event loop only awaits them. python-pkcs11 initialises the library
+without CKF_OS_LOCKING_OK, which tells a token such as SoftHSMv2 that it need not lock, so
+the default is ONE worker thread: calls are serialised off the loop. More threads (one
+session each) suit only libraries that lock internally whatever the init arguments.
+
+Keys are labelled `<name>/v<version>`; their CKA_ID holds the key type.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def _map_errors(fn: Callable[..., T]) -> Callable[..., T]:
             raise BadLengthError(
                 f"data length refused by the token ({type(exc).__name__})"
             ) from None
-        except (p11e.EncryptedDataInvalid, p11e.FunctionFailed, p11e.SignatureInvalid):
+        except (p11e.EncryptedDataInvalid, p11e.SignatureInvalid):
             raise VerificationError("data does not authenticate under the token key") from None
         except p11e.PKCS11Error as exc:
             raise HSMError(f"PKCS#11 error {type(exc).__name__}") from None
@@ -101,7 +104,7 @@ class Pkcs11HSM:
         token: str,
         pin: str,
         *,
-        threads: int = 4,
+        threads: int = 1,
         timeout: float = 5.0,
         pan_hmac_key: str = "pan-hmac",
     ) -> None:

@@ -22,7 +22,9 @@ class Pkcs11Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token: str = "passerelle"
     pin_env: str = "PASSERELLE_PKCS11_PIN"
     pin_file: str | None = None
-    threads: int = 4  # worker threads (and sessions) driving the token off the event loop
+    # Worker threads (one session each) driving the token off the event loop. Keep 1 unless
+    # the library locks by itself: python-pkcs11 does not ask it to (see pkcs11_token.py).
+    threads: int = 1
     timeout: float = 5.0  # seconds for one token call
 
 
