@@ -92,8 +92,9 @@ class Keystore:
 
     def __init__(self, path: str | os.PathLike[str], kek_path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._kek = AESGCM(read_kek(kek_path))
-        self._kek_check = keys.kcv(Algorithm.AES, read_kek(kek_path))
+        kek = read_kek(kek_path)
+        self._kek = AESGCM(kek)
+        self._kek_check = keys.kcv(Algorithm.AES, kek)
         self._cache: dict[tuple[str, int], ClearKey] = {}
         self._file = self._load()
 

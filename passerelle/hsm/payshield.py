@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from typing import Any
+
+import structlog
 
 from passerelle.hsm import keys, tr31
 from passerelle.hsm import payshield_wire as wire
@@ -32,6 +33,8 @@ from passerelle.hsm.errors import (
     WrongKeyTypeError,
 )
 from passerelle.hsm.keys import Algorithm, KeyInfo, KeyType, KeyVersion
+
+log = structlog.get_logger("passerelle.hsm")
 
 
 def _raise_for(code: bytes, error: str, what: str) -> None:
@@ -71,12 +74,16 @@ class _Connection:
                 size = int.from_bytes(await self.reader.readexactly(2), "big")
                 payload = await self.reader.readexactly(size)
                 future = self.pending.pop(payload[: self.header_length], None)
-                if future is not None and not future.done():
+                if future is None:
+                    # Its caller timed out, or the HSM's header length differs from ours.
+                    log.warning("hsm.payshield_unmatched_answer", size=len(payload))
+                elif not future.done():
                     future.set_result(payload)
-                # An answer nobody waits for (its caller timed out) is dropped.
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
+            if not self.closed:
+                log.warning("hsm.payshield_connection_lost", pending=len(self.pending))
             self.closed = True
             for future in self.pending.values():
                 if not future.done():
@@ -137,6 +144,7 @@ class PayShieldHSM:
                         f"payShield {self.host}:{self.port} unreachable ({exc.strerror or exc})"
                     ) from None
                 conn = _Connection(reader, writer, self.header_length, self.max_in_flight)
+                log.info("hsm.payshield_connected", host=self.host, port=self.port, slot=index)
                 self._conns[index] = conn
         return conn
 
@@ -150,6 +158,8 @@ class PayShieldHSM:
     async def _exchange(self, command: bytes, fields: bytes) -> bytes:
         conn = await self._connection(next(self._round_robin))
         async with conn.slots:
+            if conn.closed:
+                raise HSMUnreachableError("payShield connection lost; retry reconnects")
             header = self._header(conn)
             future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             conn.pending[header] = future
@@ -164,6 +174,7 @@ class PayShieldHSM:
         try:
             payload = await asyncio.wait_for(self._exchange(command, fields), self.timeout)
         except TimeoutError:
+            log.warning("hsm.payshield_timeout", command=command.decode(), timeout=self.timeout)
             raise HSMTimeoutError(
                 f"payShield {command.decode()} got no answer within {self.timeout}s"
             ) from None
@@ -196,7 +207,7 @@ class PayShieldHSM:
             keys.TR31_USAGE.get(header.usage, KeyType.KBPK),
             keys.TR31_ALGORITHM.get(header.algorithm, Algorithm.TDES),
             0,
-            (KeyVersion(int(header.key_version) if header.key_version.isdigit() else 1, "", ""),),
+            (KeyVersion(int(header.key_version) if header.key_version.isdigit() else 0, "", ""),),
         )
 
     async def list_keys(self) -> list[KeyInfo]:
@@ -205,7 +216,13 @@ class PayShieldHSM:
     async def key_info(self, name: str) -> KeyInfo:
         return self._info(name)
 
-    async def generate_key(self, name: str, *_: Any, **__: Any) -> KeyInfo:
+    async def generate_key(
+        self,
+        name: str,
+        key_type: KeyType,
+        algorithm: Algorithm | None = None,
+        length: int | None = None,
+    ) -> KeyInfo:
         raise NotSupportedError("payshield", "key generation", "keys are managed on the HSM")
 
     async def rotate_key(self, name: str) -> KeyInfo:
@@ -387,6 +404,9 @@ class PayShieldHSM:
 
     async def derive_dukpt(self, bdk: str, ksn: bytes, usage: DukptUsage) -> str:
         raise NotSupportedError("payshield", "DUKPT key check", "keys stay inside the HSM")
+
+    async def reload(self) -> None:
+        """Keys come from the settings: a reload is a new PayShieldHSM."""
 
     async def close(self) -> None:
         for conn in self._conns:

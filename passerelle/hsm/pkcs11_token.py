@@ -358,14 +358,39 @@ class Pkcs11HSM:
         expected = await self.generate_mac(key, data, algorithm, 16)
         return hmac.compare_digest(expected[: len(mac)], mac)
 
-    async def translate_pin(self, pin_block: bytes, **_: Any) -> bytes:
+    async def translate_pin(
+        self,
+        pin_block: bytes,
+        *,
+        pan: str,
+        source_key: str,
+        source_format: int,
+        dest_key: str,
+        dest_format: int,
+        ksn: bytes | None = None,
+    ) -> bytes:
         raise NotSupportedError("pkcs11", "PIN translation", "no ISO 9564 mechanism")
 
-    async def verify_arqc(self, key: str, **_: Any) -> bool:
+    async def verify_arqc(
+        self,
+        key: str,
+        *,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        unpredictable_number: bytes,
+        data: bytes,
+        arqc: bytes,
+    ) -> bool:
         raise NotSupportedError("pkcs11", "EMV ARQC verification", "no EMV mechanism")
 
-    async def generate_arpc(self, key: str, **_: Any) -> bytes:
+    async def generate_arpc(
+        self, key: str, *, pan: str, psn: str, arqc: bytes, arc: bytes
+    ) -> bytes:
         raise NotSupportedError("pkcs11", "EMV ARPC generation", "no EMV mechanism")
+
+    async def reload(self) -> None:
+        self._generation += 1  # key handles are looked up again on next use
 
     async def derive_dukpt(self, bdk: str, ksn: bytes, usage: DukptUsage) -> str:
         raise NotSupportedError("pkcs11", "DUKPT derivation", "no X9.24 mechanism")

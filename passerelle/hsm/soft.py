@@ -33,6 +33,7 @@ class SoftHSM:
         pan_hmac_key: str = "pan-hmac",
     ) -> None:
         self.store = Keystore(keystore, kek)
+        self._kek_path = kek
         self.pan_hmac_key = pan_hmac_key
         self._aead: dict[tuple[str, int], AESGCM] = {}
 
@@ -168,6 +169,11 @@ class SoftHSM:
 
     async def derive_dukpt(self, bdk: str, ksn: bytes, usage: DukptUsage) -> str:
         return engine.dukpt_kcv(self.store.get(bdk), ksn, DukptUsage(usage))
+
+    async def reload(self) -> None:
+        """Re-read the keystore (SIGHUP, or after `mpctl keys rotate`)."""
+        self.store = Keystore(self.store.path, self._kek_path)
+        self._aead.clear()
 
     async def close(self) -> None:
         self._aead.clear()

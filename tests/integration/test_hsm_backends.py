@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pkcs11
 import pytest
 from pkcs11 import Attribute, ObjectClass
@@ -29,6 +30,7 @@ from passerelle.hsm import (
     BadLengthError,
     DukptUsage,
     HSMError,
+    HSMSettings,
     HSMTimeoutError,
     HSMUnreachableError,
     KeyType,
@@ -40,6 +42,7 @@ from passerelle.hsm import (
     dukpt,
     emv,
     keys,
+    open_hsm,
     pinblock,
     tdes,
 )
@@ -608,5 +611,49 @@ def test_pkcs11_keys_generated_and_rotated_inside_the_token(softhsm_token: str) 
         with pytest.raises(NotSupportedError, match="TR-31"):
             await hsm.import_key("x", "D0016...", "kbpk")
         await hsm.close()
+
+    asyncio.run(body())
+
+
+def test_open_hsm_from_settings(
+    softhsm_token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = msgspec.convert(
+        {
+            "backend": "pkcs11",
+            "pkcs11": {"library": SOFTHSM_LIB, "token": softhsm_token, "pin_env": "TEST_P11_PIN"},
+        },
+        HSMSettings,
+    )
+    with pytest.raises(HSMError, match="set TEST_P11_PIN"):
+        open_hsm(settings)
+    monkeypatch.setenv("TEST_P11_PIN", USER_PIN)
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.backend"):
+        msgspec.convert({"backend": "luna"}, HSMSettings)
+
+    async def body() -> None:
+        p11 = open_hsm(settings)
+        assert (await p11.diagnostics())["token"] == softhsm_token
+        await p11.close()
+        sim = PayShieldSimulator(header_length=6)
+        host, port = await sim.start()
+        ps = open_hsm(
+            msgspec.convert(
+                {
+                    "backend": "payshield",
+                    "payshield": {
+                        "host": host,
+                        "port": port,
+                        "header_length": 6,
+                        "keys": {"cmac": sim.wrap_key(KeyType.MAC, Algorithm.AES, CMAC_KEY)},
+                    },
+                },
+                HSMSettings,
+            )
+        )
+        assert await ps.generate_mac("cmac", b"", MacAlgorithm.AES_CMAC) == H(RFC4493[0][1])[:8]
+        assert [k.name for k in await ps.list_keys()] == ["cmac"]
+        await ps.close()
+        await sim.stop()
 
     asyncio.run(body())

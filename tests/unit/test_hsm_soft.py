@@ -68,6 +68,18 @@ def test_open_hsm_soft_and_versioned_pan_hmac(paths: tuple[Path, Path]) -> None:
     assert Keystore(*paths).versions("pan-hmac") == [1, 2]
 
 
+def test_reload_sees_a_rotation_made_by_another_process(paths: tuple[Path, Path]) -> None:
+    async def body() -> None:
+        hsm = SoftHSM(*paths)
+        await hsm.generate_key("pan-hmac", KeyType.PAN_HMAC)
+        Keystore(*paths).rotate("pan-hmac")  # what `mpctl keys rotate` does
+        assert (await hsm.pan_hmac("4970101234567890")).version == 1
+        await hsm.reload()
+        assert (await hsm.pan_hmac("4970101234567890")).version == 2
+
+    asyncio.run(body())
+
+
 def test_data_encrypted_under_an_old_version_still_decrypts(paths: tuple[Path, Path]) -> None:
     async def body() -> None:
         hsm = SoftHSM(*paths)
