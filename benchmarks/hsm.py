@@ -5,7 +5,7 @@ simulator in a child process over a real socket) and each operation the gateway 
 volume (PAN HMAC for card search and storage, AES-GCM for stored data, MAC for acquirer
 messages), `--concurrency` tasks issue the operation for `--seconds` seconds. Meanwhile a
 probe task asks to wake every 2 ms and records how late it wakes: the loop lag. PKCS#11
-calls run on worker threads (run_in_executor), so the loop must stay responsive; the
+calls run on a worker thread (results handed back in batches), so the loop must stay responsive; the
 `pkcs11-on-loop` row runs the same token calls directly on the loop thread to show what
 that would cost.
 
@@ -170,11 +170,11 @@ async def _bench_backend(kind: str, hsm: HSM, seconds: float, concurrency: int, 
 
 
 async def _pkcs11_on_loop(hsm: object, seconds: float, out: dict) -> None:
-    """The same token calls made on the loop thread: what run_in_executor spares us."""
+    """The same token calls made on the loop thread: what the worker thread spares us."""
 
-    key = hsm._pool.submit(  # type: ignore[attr-defined]
+    key = await hsm._run(  # type: ignore[attr-defined]
         lambda: hsm._typed("pan-hmac", KeyType.PAN_HMAC)[1]  # type: ignore[attr-defined]
-    ).result()
+    )
 
     async def blocking_hmac() -> object:
         # Same session's key, but C_Sign runs on the loop thread (the pool stays idle).

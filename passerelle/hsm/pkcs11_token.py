@@ -16,12 +16,13 @@ Keys are labelled `<name>/v<version>`; their CKA_ID holds the key type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,7 +129,13 @@ class Pkcs11HSM:
         self._generation = 0  # bumped when keys change, to drop per-thread handle caches
         self._sessions: list[Any] = []
         self._sessions_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pkcs11")
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"pkcs11-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # --- plumbing ---
 
@@ -142,11 +149,42 @@ class Pkcs11HSM:
                 self._sessions.append(session)
         return session
 
+    def _work(self) -> None:
+        """Worker thread: run queued token calls, handing results back to the loop in
+        batches (one loop wake-up for all the calls that queued up meanwhile)."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < 256:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)  # leave the stop mark for after this batch
+                    break
+                batch.append(more)
+            done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]]
+            done = {}
+            for fn, future, loop in batch:
+                try:
+                    outcome = (future, fn(), None)
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    outcome = (future, None, exc)
+                done.setdefault(loop, []).append(outcome)
+            for loop, outcomes in done.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_deliver, outcomes)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(_map_errors(fn), *args))
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((functools.partial(_map_errors(fn), *args), future, loop))
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await future
         except TimeoutError:
             raise HSMTimeoutError(f"PKCS#11 token did not answer within {self.timeout}s") from None
 
@@ -159,7 +197,8 @@ class Pkcs11HSM:
                 found.append((base, int(ver), obj))
         return sorted(found, key=lambda t: (t[0], t[1]))
 
-    def _key(self, name: str, version: int | None = None) -> tuple[int, Any]:
+    def _key(self, name: str, version: int | None = None) -> tuple[int, Any, str, Any]:
+        """(version, key object, our key type, PKCS#11 key type), cached per thread."""
         self._session()
         if getattr(self._local, "generation", None) != self._generation:
             self._local.keys, self._local.generation = {}, self._generation
@@ -177,12 +216,13 @@ class Pkcs11HSM:
             if not match:
                 raise UnknownKeyError(name, version)
             _, ver, obj = match[0]
-        cache[(name, version)] = (ver, obj)
-        return ver, obj
+        usage = bytes(obj[Attribute.ID]).decode("ascii", "replace")
+        found = (ver, obj, usage, obj[Attribute.KEY_TYPE])
+        cache[(name, version)] = found
+        return found
 
     def _typed(self, name: str, key_type: KeyType, version: int | None = None) -> tuple[int, Any]:
-        ver, obj = self._key(name, version)
-        actual = bytes(obj[Attribute.ID]).decode("ascii", "replace")
+        ver, obj, actual, _ = self._key(name, version)
         if actual != key_type:
             raise WrongKeyTypeError(name, actual, f"a {key_type} key")
         return ver, obj
@@ -333,7 +373,7 @@ class Pkcs11HSM:
 
     def _cmac(self, key: str, data: bytes) -> bytes:
         _, obj = self._typed(key, KeyType.MAC)
-        if obj[Attribute.KEY_TYPE] != P11KeyType.AES:
+        if self._key(key)[3] != P11KeyType.AES:
             raise WrongKeyTypeError(key, "tdes mac", "an AES mac key for AES-CMAC")
         return obj.sign(data, mechanism=Mechanism.AES_CMAC)
 
@@ -397,8 +437,11 @@ class Pkcs11HSM:
 
     async def close(self) -> None:
         def shutdown() -> None:
-            # Let calls still running (e.g. ones their caller gave up on) finish first.
-            self._pool.shutdown(wait=True)
+            # Let calls still queued or running (e.g. ones their caller gave up on) finish.
+            for _ in self._workers:
+                self._jobs.put(None)
+            for worker in self._workers:
+                worker.join()
             with self._sessions_lock:
                 for session in self._sessions:
                     session.close()
@@ -406,6 +449,19 @@ class Pkcs11HSM:
             self._login.close()
 
         await asyncio.to_thread(shutdown)
+
+
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
+    for future, result, exc in outcomes:
+        if future.done():  # its caller timed out or was cancelled
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
 
 
 def read_pin(pin_env: str, pin_file: str | None) -> str:
