@@ -119,6 +119,15 @@ class PayShieldHSM:
             raise BadInputError("payShield header length is 1 to 8 characters")
         self.host, self.port = host, port
         self.keys = dict(keys or {})
+        for name, token in self.keys.items():
+            if not token.startswith("S"):
+                raise BadInputError(f"payShield key {name!r}: only key-block tokens ('S...')")
+            try:
+                tr31.parse_header(token[1:])
+            except HSMError as exc:
+                raise BadInputError(
+                    f"payShield key {name!r} is not a valid key block: {exc}"
+                ) from None
         self.zone_pin_keys = frozenset(zone_pin_keys)  # ZPKs: translating from one is CC, not CA
         self.header_length = header_length
         self.timeout = timeout

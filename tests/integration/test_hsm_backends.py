@@ -509,6 +509,13 @@ def test_bad_input_gets_specific_errors_without_secrets(backend: Backend) -> Non
 # --- reachability and bounded waits ---
 
 
+def test_payshield_key_tokens_are_checked_at_start() -> None:
+    with pytest.raises(BadInputError, match="'zpk': only key-block tokens"):
+        PayShieldHSM("127.0.0.1", 1, keys={"zpk": "U" + "0" * 32})
+    with pytest.raises(BadInputError, match="'zpk' is not a valid key block"):
+        PayShieldHSM("127.0.0.1", 1, keys={"zpk": "SD0112P0AE00E0000B826"})
+
+
 def test_payshield_unreachable_is_reported_fast() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
