@@ -7,6 +7,8 @@ server (passerelle.storage.embedded) started for the session and stopped after i
 `db_dsn` (function): a DSN to a freshly created, fully migrated database with a random name,
 dropped after the test. It is cloned from a template migrated once per session, so a test
 pays a file copy, not the migrations. `empty_db_dsn` is the same without the schema.
+
+`embedded_state_dir` (function): an empty directory fit for `EmbeddedPostgres`, removed after.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -54,7 +59,7 @@ def _drop_database(pg_dsn: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     """A server-level DSN; tests must create their own databases (see `db_dsn`)."""
     configured = os.environ.get("PASSERELLE_TEST_DSN")
     if configured:
@@ -65,11 +70,27 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from passerelle.storage.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), database="postgres")
+    with _embedded_state_dir() as state_dir:
+        server = EmbeddedPostgres(state_dir, database="postgres")
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def _embedded_state_dir() -> Iterator[Path]:
+    """A state directory for an embedded server, removed after use.
+
+    Not under pytest's tmp_path: as root, the server runs as an unprivileged user that must
+    traverse the path, and every pytest session starting on the machine resets
+    /tmp/pytest-of-<user> to mode 0700.
+    """
+    path = Path(tempfile.mkdtemp(prefix="passerelle-pg-"))
     try:
-        yield server.start()
+        yield path
     finally:
-        server.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +125,10 @@ def empty_db_dsn(pg_dsn: str) -> Iterator[str]:
     finally:
         with contextlib.suppress(psycopg.Error):
             _drop_database(pg_dsn, name)
+
+
+@pytest.fixture
+def embedded_state_dir() -> Iterator[Path]:
+    """An empty state directory where an embedded PostgreSQL can run (even as root)."""
+    with _embedded_state_dir() as path:
+        yield path

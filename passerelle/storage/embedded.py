@@ -5,7 +5,9 @@ on a Unix socket only. Root-safety (initdb refuses to run as root): pgserver 0.1
 handles it when the effective uid is 0 — it creates a system user `pgserver` (`useradd`),
 gives it the data directory, opens `o+rx` on the directory's parents and its own binaries,
 and runs initdb/pg_ctl as that user. We check the preconditions first so that a machine
-without `useradd` gets a clear message instead of a traceback.
+without `useradd` gets a clear message instead of a traceback. Consequence to know: as root,
+every parent of the state directory becomes group/other readable and traversable (the
+server's user must reach its data), so keep the state directory out of /root.
 
 Several processes may share one server (switchd and mpctl on the same state directory):
 pgserver counts the pids using it and the last one to leave stops it. A process killed with

@@ -20,8 +20,8 @@ from tests.integration.storage_helpers import make_remise, setup_fleet
 pytestmark = pytest.mark.integration
 
 
-def test_embedded_server_starts_even_as_root_and_stops(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "state")
+def test_embedded_server_starts_even_as_root_and_stops(embedded_state_dir: Path) -> None:
+    server = EmbeddedPostgres(embedded_state_dir)
     try:
         dsn = server.start()
         postmaster = psutil.Process(server.pid)
@@ -30,7 +30,7 @@ def test_embedded_server_starts_even_as_root_and_stops(tmp_path: Path) -> None:
         assert row == ("passerelle", "postgres")
         if os.geteuid() == 0:  # initdb refuses root: the server runs unprivileged
             assert postmaster.username() != "root"
-        assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()
+        assert (embedded_state_dir / "pgdata" / "PG_VERSION").exists()
     finally:
         server.stop()
 
@@ -40,9 +40,9 @@ def test_embedded_server_starts_even_as_root_and_stops(tmp_path: Path) -> None:
 
 
 def test_remises_acknowledged_during_an_outage_are_stored_once_after_it(
-    tmp_path: Path,
+    embedded_state_dir: Path,
 ) -> None:
-    server = EmbeddedPostgres(tmp_path / "state")
+    server = EmbeddedPostgres(embedded_state_dir)
     settings = StorageSettings(connect_timeout_s=1, pool_min_size=0, pool_max_size=4)
     remises = [make_remise(remise_number=n, transactions=6, seed=n) for n in range(1, 7)]
 
@@ -70,7 +70,7 @@ def test_remises_acknowledged_during_an_outage_are_stored_once_after_it(
         dsn = server.start()
         migrate(dsn)
         setup_fleet(dsn)
-        with Spool(tmp_path / "state" / "spool") as spool:
+        with Spool(embedded_state_dir / "spool") as spool:
             outcomes = asyncio.run(scenario(spool))
         with psycopg.connect(dsn) as conn:
             numbers = conn.execute("SELECT remise_number FROM remises ORDER BY 1").fetchall()
