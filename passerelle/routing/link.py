@@ -1,0 +1,255 @@
+"""A persistent, multiplexed link to one acquirer host (TCP or TLS), with reconnection.
+
+One connection carries many requests at once (bounded by the MUX window); answers are
+matched by key in `mux.Mux`. The link signs on after connecting, sends an echo when it has
+been idle for `echo_interval` (an unanswered echo closes the connection: a half-dead TCP
+peer must not swallow authorizations), and reconnects with exponential backoff and jitter.
+Everything runs on the caller's event loop (asyncio or uvloop); reading is a `Protocol`, so
+no task per request and no copy beyond the framer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import ssl
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from passerelle.codecs.framing import FramingError, LengthPrefixFramer
+from passerelle.codecs.iso8583 import CodecError, Message
+from passerelle.codecs.profiles import get_profile
+from passerelle.routing import translate
+from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout
+from passerelle.routing.metrics import RoutingMetrics
+from passerelle.routing.mux import Key, Mux
+from passerelle.routing.settings import AcquirerSettings
+
+_log = structlog.get_logger("passerelle.routing")
+
+
+class _Wire(asyncio.Protocol):
+    """Bytes in: frames -> messages -> the MUX. Bytes out: framed writes."""
+
+    def __init__(self, link: AcquirerLink) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.framer = LengthPrefixFramer(link.settings.framing, link.settings.max_frame)
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except FramingError as error:
+            self.link.stray("garbage")
+            _log.warning("acquirer.framing_error", acquirer=self.link.name, error=str(error))
+            self.close()
+            return
+        for frame in frames:
+            self.link.received(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.link.lost(self, str(exc) if exc else "closed by the acquirer")
+
+    def write(self, wire: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(self.framer.frame(wire))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class AcquirerLink:
+    """The link to one acquirer: `request()` sends and waits; `start()`/`close()` run it."""
+
+    def __init__(self, settings: AcquirerSettings, metrics: RoutingMetrics | None = None) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.profile = get_profile(settings.profile)
+        self.metrics = metrics
+        self.mux = Mux(settings.window)
+        self.state = "down"
+        self._wire: _Wire | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
+        self._stan = itertools.count(1)
+        self._last_activity = time.monotonic()
+        self._set_state("down")
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"link-{self.name}")
+
+    async def wait_up(self, timeout: float) -> bool:
+        """True once the link is up (for start-up and tests), False after `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
+        self._up.clear()
+        self.mux.fail_all("link closed")
+        self._set_state("down")
+
+    async def request(self, wire: bytes, key: Key, timeout: float) -> Message:
+        """Send `wire` and return the answer carrying `key`.
+
+        LinkDown: not sent (link down). LinkLost: sent, then the link died.
+        LinkTimeout: no answer within `timeout` (or no window slot in time).
+        """
+        if not self.up or self._wire is None:
+            raise LinkDown(f"acquirer {self.name} is {self.state}")
+        deadline = time.monotonic() + timeout
+        await self.mux.acquire(timeout)
+        try:
+            conn = self._wire
+            if not self.up or conn is None:
+                raise LinkDown(f"acquirer {self.name} is {self.state}")
+            future = self.mux.expect(key)
+            conn.write(wire)
+            self._last_activity = time.monotonic()
+            try:
+                return await self.mux.wait(key, future, max(deadline - time.monotonic(), 0.0))
+            except LinkDown as error:
+                raise LinkLost(str(error)) from None
+        finally:
+            self.mux.release()
+
+    # -- the wire ------------------------------------------------------------------------
+    def received(self, frame: bytes) -> None:
+        self._last_activity = time.monotonic()
+        try:
+            message = Message.parse(frame, self.profile)
+            key = translate.key_of(message)
+        except CodecError as error:
+            self.stray("garbage")
+            _log.warning("acquirer.unreadable", acquirer=self.name, field=error.field,
+                         reason=error.reason)
+            return
+        outcome = self.mux.deliver(key, message)
+        if outcome != "matched":
+            self.stray(outcome)
+            _log.info("acquirer.stray_answer", acquirer=self.name, kind=outcome, mti=key[0],
+                      stan=key[2])
+
+    def stray(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.link_strays.labels(self.name, kind).inc()
+
+    def lost(self, wire: _Wire, reason: str) -> None:
+        if wire is not self._wire:
+            return
+        self._wire = None
+        self._up.clear()
+        self._set_state("down")
+        keys = self.mux.fail_all(reason)
+        _log.warning("acquirer.link_lost", acquirer=self.name, reason=reason,
+                     in_flight=len(keys))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self.metrics is not None:
+            self.metrics.state(self.name, state)
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls:
+            return None
+        context = ssl.create_default_context(cafile=s.tls_ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if s.tls_cert:
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+        return context
+
+    async def _run(self) -> None:
+        s = self.settings
+        delay = s.reconnect_min
+        loop = asyncio.get_running_loop()
+        while True:
+            self._set_state("connecting")
+            try:
+                context = self._ssl()
+                async with asyncio.timeout(s.connect_timeout):
+                    _, wire = await loop.create_connection(
+                        lambda: _Wire(self), s.host, s.port, ssl=context,
+                        server_hostname=(s.tls_server_name or s.host) if context else None)
+                self._wire = wire
+                if s.sign_on:
+                    self._set_state("signing_on")
+                    await self._network("sign-on", echo=False)
+                self._set_state("up")
+                self._up.set()
+                _log.info("acquirer.link_up", acquirer=self.name, host=s.host, port=s.port)
+                delay = s.reconnect_min
+                await self._keep_alive(wire)
+            except (OSError, TimeoutError, ssl.SSLError, LinkDown, LinkTimeout,
+                    CodecError) as error:
+                _log.warning("acquirer.connect_failed", acquirer=self.name,
+                             error=str(error) or type(error).__name__)
+            if self._wire is not None:
+                self._wire.close()
+                self.lost(self._wire, "reconnecting")
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            delay = min(delay * 2, s.reconnect_max)
+
+    async def _network(self, what: str, *, echo: bool) -> None:
+        """Sign-on or echo on the current connection; raises if it is not answered 00."""
+        wire, key = translate.sign_on(self.settings, next(self._stan), datetime.now(UTC), echo)
+        conn = self._wire
+        if conn is None:
+            raise LinkDown("no connection")
+        future = self.mux.expect(key)
+        conn.write(wire)
+        answer = await self.mux.wait(key, future, self.settings.response_timeout)
+        code = str(answer.get(39, ""))
+        if code not in ("00", "000", "800"):
+            raise LinkDown(f"{what} refused with code {code or 'none'}")
+
+    async def _keep_alive(self, wire: _Wire) -> None:
+        """Until the connection closes: an echo after every idle `echo_interval`."""
+        interval = self.settings.echo_interval
+        while True:
+            idle = time.monotonic() - self._last_activity
+            try:
+                async with asyncio.timeout(max(interval - idle, 0.01)):
+                    await asyncio.shield(wire.closed)
+                return
+            except TimeoutError:
+                pass
+            if time.monotonic() - self._last_activity >= interval:
+                await self._network("echo", echo=True)
+                self._last_activity = time.monotonic()
+
+
+def description(link: AcquirerLink) -> dict[str, Any]:
+    """What `mpctl status` and tests show of a link."""
+    return {"acquirer": link.name, "state": link.state, "in_flight": len(link.mux),
+            "strays": dict(link.mux.strays)}

@@ -1,0 +1,127 @@
+"""Matching acquirer answers to requests on one multiplexed link, and its in-flight window.
+
+Answers are matched by key, never by order: (answer MTI, terminal, STAN, local date/time).
+A request that timed out is forgotten at once, so its late answer finds no waiter and is
+dropped (counted as "late"); a second answer to an already answered key is "duplicate";
+an answer nobody asked for is "unknown". None of them can complete another request, which
+is what keeps the correlation of every later request right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from typing import Any
+
+from passerelle.routing.errors import LinkDown, LinkTimeout, RoutingError
+
+Key = tuple[str, str, str, str]
+_REMEMBERED = 4096  # recently answered / abandoned keys kept to classify strays
+
+
+class DuplicateKey(RoutingError):
+    """A request with this key is already in flight on the link (a terminal repeat)."""
+
+
+class Mux:
+    """Pending requests by key, and a window bounding how many are in flight."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.in_flight = 0
+        self._pending: dict[Key, asyncio.Future[Any]] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._answered: OrderedDict[Key, None] = OrderedDict()
+        self._abandoned: OrderedDict[Key, None] = OrderedDict()
+        self.strays = {"late": 0, "duplicate": 0, "unknown": 0}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def acquire(self, timeout: float) -> None:
+        """Take a window slot, waiting at most `timeout` for one (LinkTimeout)."""
+        if self.in_flight < self.window and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except (TimeoutError, asyncio.CancelledError) as error:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot arrived as we gave up: pass it on
+            if isinstance(error, TimeoutError):
+                raise LinkTimeout("the link's in-flight window stayed full") from None
+            raise
+        # release() handed its slot to us: in_flight was not decremented.
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                return
+        self.in_flight -= 1
+
+    def expect(self, key: Key) -> asyncio.Future[Any]:
+        """A future completed by the answer carrying `key`."""
+        if key in self._pending:
+            raise DuplicateKey(f"a request with key {key} is already in flight")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self._abandoned.pop(key, None)
+        self._answered.pop(key, None)
+        return future
+
+    def deliver(self, key: Key, answer: Any) -> str:
+        """Complete the request waiting for `key`: "matched", or the kind of stray it is."""
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(answer)
+            _remember(self._answered, key)
+            return "matched"
+        if key in self._abandoned:
+            kind = "late"
+        elif key in self._answered:
+            kind = "duplicate"
+        else:
+            kind = "unknown"
+        self.strays[kind] += 1
+        return kind
+
+    def abandon(self, key: Key) -> None:
+        """The requester gave up on `key` (timeout, deadline): its answer will be a stray."""
+        future = self._pending.pop(key, None)
+        if future is not None:
+            if not future.done():
+                future.cancel()
+            _remember(self._abandoned, key)
+
+    def fail_all(self, reason: str) -> list[Key]:
+        """The link went down: every waiter gets LinkDown; returns their keys."""
+        keys = list(self._pending)
+        for key in keys:
+            future = self._pending.pop(key)
+            if not future.done():
+                future.set_exception(LinkDown(reason))
+            _remember(self._abandoned, key)
+        return keys
+
+    async def wait(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Any:
+        """The answer to `key`, or LinkTimeout after `timeout` (the key is then abandoned)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            self.abandon(key)
+            raise LinkTimeout(f"no answer within {timeout:.3f} s") from None
+        except asyncio.CancelledError:
+            self.abandon(key)
+            raise
+
+
+def _remember(keys: OrderedDict[Key, None], key: Key) -> None:
+    keys[key] = None
+    if len(keys) > _REMEMBERED:
+        keys.popitem(last=False)
