@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -549,14 +550,19 @@ def test_payshield_slow_hsm_is_a_bounded_timeout() -> None:
 
 def test_payshield_connection_lost_fails_pending_requests() -> None:
     async def body() -> None:
-        sim = PayShieldSimulator(delay=lambda payload: 30.0)
+        arrived = asyncio.Event()
+
+        def hold(payload: bytes) -> float:
+            arrived.set()
+            return 30.0
+
+        sim = PayShieldSimulator(delay=hold)
         host, port = await sim.start()
         hsm = PayShieldHSM(host, port, timeout=5.0)
         pending = asyncio.create_task(hsm.diagnostics())
-        while sim.requests == 0:
-            await asyncio.sleep(0)  # yield until the simulator has the request
+        await arrived.wait()  # the simulator holds our request
         await sim.stop()
-        with pytest.raises(HSMUnreachableError):
+        with pytest.raises(HSMUnreachableError, match="closed the connection"):
             await pending
         await hsm.close()
 
@@ -594,10 +600,21 @@ def test_pkcs11_unreachable_and_timeouts(softhsm_token: str, tmp_path: Path) -> 
         Pkcs11HSM(SOFTHSM_LIB, "absent", USER_PIN)
 
     async def body() -> None:
-        hsm = Pkcs11HSM(SOFTHSM_LIB, softhsm_token, USER_PIN, timeout=1e-6)
-        with pytest.raises(HSMTimeoutError, match="did not answer"):
-            await hsm.list_keys()
-        await hsm.close()
+        hsm = Pkcs11HSM(SOFTHSM_LIB, softhsm_token, USER_PIN, timeout=0.2)
+        gate = threading.Event()
+        try:
+            busy = asyncio.create_task(hsm._run(gate.wait))  # a token call that hangs
+            start = time.monotonic()
+            with pytest.raises(HSMTimeoutError, match=r"did not answer within 0\.2s"):
+                await hsm.list_keys()
+            assert time.monotonic() - start < 1.0
+            with pytest.raises(HSMTimeoutError):
+                await busy
+            gate.set()
+            assert {k.name for k in await hsm.list_keys()} >= {"data", "cmac"}  # usable again
+        finally:
+            gate.set()
+            await hsm.close()
 
     asyncio.run(body())
 
@@ -605,19 +622,21 @@ def test_pkcs11_unreachable_and_timeouts(softhsm_token: str, tmp_path: Path) -> 
 def test_pkcs11_keys_generated_and_rotated_inside_the_token(softhsm_token: str) -> None:
     async def body() -> None:
         hsm = Pkcs11HSM(SOFTHSM_LIB, softhsm_token, USER_PIN, pan_hmac_key="pan-rotating")
-        info = await hsm.generate_key("pan-rotating", KeyType.PAN_HMAC)
-        assert info.algorithm is Algorithm.HMAC and info.current.version == 1
-        first = await hsm.pan_hmac("4970101234567890")
-        info = await hsm.rotate_key("pan-rotating")
-        assert [v.version for v in info.versions] == [1, 2]
-        second = await hsm.pan_hmac("4970101234567890")
-        assert second.version == 2 and second.digest != first.digest
-        assert await hsm.pan_hmac("4970101234567890", version=1) == first
-        names = {k.name for k in await hsm.list_keys()}
-        assert {"pan-rotating", "data", "cmac"} <= names
-        with pytest.raises(NotSupportedError, match="TR-31"):
-            await hsm.import_key("x", "D0016...", "kbpk")
-        await hsm.close()
+        try:
+            info = await hsm.generate_key("pan-rotating", KeyType.PAN_HMAC)
+            assert info.algorithm is Algorithm.HMAC and info.current.version == 1
+            first = await hsm.pan_hmac("4970101234567890")
+            info = await hsm.rotate_key("pan-rotating")
+            assert [v.version for v in info.versions] == [1, 2]
+            second = await hsm.pan_hmac("4970101234567890")
+            assert second.version == 2 and second.digest != first.digest
+            assert await hsm.pan_hmac("4970101234567890", version=1) == first
+            names = {k.name for k in await hsm.list_keys()}
+            assert {"pan-rotating", "data", "cmac"} <= names
+            with pytest.raises(NotSupportedError, match="TR-31"):
+                await hsm.import_key("x", "D0016...", "kbpk")
+        finally:
+            await hsm.close()
 
     asyncio.run(body())
 
