@@ -190,7 +190,7 @@ class PayShieldHSM:
         _, code, rest = wire.split(payload, self.header_length)
         if code != wire.response_code(command):
             raise HSMDeviceError(f"payShield answered {code!r} to {command.decode()}")
-        answer = wire.Reader(rest)
+        answer = wire.Reader(rest, answer=True)
         return answer.text(2), answer
 
     # --- keys ---
@@ -306,7 +306,7 @@ class PayShieldHSM:
         error, answer = await self.command(command, fields.encode("ascii"))
         _raise_for(command, error, "PIN translation")
         answer.number(2)  # PIN length, which we do not need
-        return bytes.fromhex(answer.text(32 if dest_format == 4 else 16))
+        return answer.hex(32 if dest_format == 4 else 16)
 
     def _mac_fields(self, key: str, data: bytes, algorithm: MacAlgorithm, length: int) -> bytes:
         algorithm = MacAlgorithm(algorithm)
@@ -334,7 +334,7 @@ class PayShieldHSM:
     ) -> bytes:
         error, answer = await self.command(b"M6", self._mac_fields(key, data, algorithm, length))
         _raise_for(b"M6", error, "MAC generation")
-        return bytes.fromhex(answer.text(length * 2))
+        return answer.hex(length * 2)
 
     async def verify_mac(
         self, key: str, data: bytes, mac: bytes, algorithm: MacAlgorithm = MacAlgorithm.RETAIL

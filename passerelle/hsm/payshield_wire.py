@@ -12,7 +12,9 @@ block form, "S" + a TR-31 version D block, whose clear header tells the key's us
 
 from __future__ import annotations
 
-from passerelle.hsm.errors import BadInputError, BadLengthError
+from typing import NoReturn
+
+from passerelle.hsm.errors import BadInputError, BadLengthError, HSMDeviceError, HSMError
 
 MAX_FRAME = 0xFFFF
 
@@ -38,8 +40,8 @@ LENGTH_ERROR = "80"
 
 def response_code(command: bytes) -> bytes:
     """NC -> ND, CA -> CB, M6 -> M7, KQ -> KR ..."""
-    if len(command) != 2:
-        raise BadInputError(f"a payShield command code is 2 characters, not {command!r}")
+    if len(command) != 2 or not command.isalnum() or not command.isascii() or command[1] == 0x7A:
+        raise BadInputError(f"a payShield command code is 2 letters or digits, not {command!r}")
     return command[:1] + bytes([command[1] + 1])
 
 
@@ -68,38 +70,55 @@ class FrameDecoder:
 
 
 class Reader:
-    """A cursor over the fields of one message; every overrun is a clear BadLengthError."""
+    """A cursor over the fields of one message.
 
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
+    Malformed requests raise BadLengthError/BadInputError (the simulator answers them with
+    an error code); with `answer=True` a malformed HSM answer raises HSMDeviceError, since
+    then the fault is the device's, not the caller's.
+    """
+
+    def __init__(self, data: bytes, *, answer: bool = False) -> None:
+        self.data, self.pos, self.answer = data, 0, answer
+
+    def _fail(self, kind: type[HSMError], message: str) -> NoReturn:
+        if self.answer:
+            raise HSMDeviceError(f"malformed payShield answer: {message}")
+        raise kind(message)
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise BadLengthError(f"message ends before byte {self.pos + n} (field of {n} bytes)")
+            self._fail(BadLengthError, f"message ends before byte {self.pos + n} ({n}-byte field)")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
     def text(self, n: int) -> str:
-        try:
-            return self.take(n).decode("ascii")
-        except UnicodeDecodeError:
-            raise BadInputError(f"non-ASCII field at byte {self.pos - n}") from None
+        raw = self.take(n)
+        if not raw.isascii():
+            self._fail(BadInputError, f"non-ASCII field at byte {self.pos - n}")
+        return raw.decode("ascii")
 
     def number(self, n: int, base: int = 10) -> int:
         raw = self.text(n)
-        try:
-            return int(raw, base)
-        except ValueError:
-            raise BadInputError(f"field {raw!r} at byte {self.pos - n} is not a number") from None
+        digits = "0123456789" if base == 10 else "0123456789ABCDEFabcdef"
+        if not raw or set(raw) - set(digits):
+            self._fail(BadInputError, f"field {raw!r} at byte {self.pos - n} is not a number")
+        return int(raw, base)
+
+    def hex(self, n: int) -> bytes:
+        """n hexadecimal characters, as n/2 bytes."""
+        raw = self.text(n)
+        if set(raw) - set("0123456789ABCDEFabcdef"):
+            self._fail(BadInputError, f"field at byte {self.pos - n} is not hexadecimal")
+        return bytes.fromhex(raw)
 
     def key(self) -> str:
         """A key token: 'S' + key block (its length is in the block's own header)."""
         if self.text(1) != "S":
-            raise BadInputError(f"key at byte {self.pos - 1} is not a key block (scheme 'S')")
+            self._fail(BadInputError, f"key at byte {self.pos - 1} is not a key block ('S')")
         head = self.text(5)
         if not head[1:].isdigit() or int(head[1:]) < 16:
-            raise BadInputError(f"key block length {head[1:]!r} is not valid")
+            self._fail(BadInputError, f"key block length {head[1:]!r} is not valid")
         return head + self.text(int(head[1:]) - 5)
 
     def rest(self) -> bytes:
@@ -107,7 +126,7 @@ class Reader:
 
     def end(self) -> None:
         if self.pos != len(self.data):
-            raise BadLengthError(f"{len(self.data) - self.pos} unexpected bytes at message end")
+            self._fail(BadLengthError, f"{len(self.data) - self.pos} unexpected bytes at the end")
 
 
 def split(payload: bytes, header_length: int) -> tuple[bytes, bytes, bytes]:

@@ -169,12 +169,12 @@ class PayShieldSimulator:
         ksn = None
         if dukpt:
             r.text(3)  # KSN descriptor
-            ksn = bytes.fromhex(r.text(20))
+            ksn = r.hex(20)
             src_fmt = 0
         else:
             r.number(2)  # maximum PIN length
         # As on the HSM, the source key's algorithm gives the block size (AES: format 4, 32H).
-        block_hex = r.text(32 if src.algorithm is Algorithm.AES and not dukpt else 16)
+        block = r.hex(32 if src.algorithm is Algorithm.AES and not dukpt else 16)
         if not dukpt:
             src_fmt = _format(r.text(2))
         dst_fmt = _format(r.text(2))
@@ -183,9 +183,9 @@ class PayShieldSimulator:
         pan = r.text(r.number(2)) if 4 in (src_fmt, dst_fmt) else r.text(12) + "0"
         r.end()
         out = engine.translate_pin(
-            src, dst, bytes.fromhex(block_hex), pan=pan, src_fmt=src_fmt, dst_fmt=dst_fmt, ksn=ksn
+            src, dst, block, pan=pan, src_fmt=src_fmt, dst_fmt=dst_fmt, ksn=ksn
         )
-        pin_length = "12"  # the HSM does not reveal the PIN length in our answers
+        pin_length = "12"  # a real HSM returns the PIN length; clients here ignore it
         return wire.OK, f"{pin_length}{out.hex().upper()}{wire.PIN_FORMAT_CODE[dst_fmt]}".encode()
 
     def _cmd_CA(self, r: wire.Reader) -> tuple[str, bytes]:
@@ -217,10 +217,7 @@ class PayShieldSimulator:
 
     def _cmd_M8(self, r: wire.Reader) -> tuple[str, bytes]:
         key, data, algorithm, length = self._mac_request(r)
-        try:
-            mac = bytes.fromhex(r.text(length * 2))
-        except ValueError:
-            raise BadInputError("MAC to verify is not hexadecimal") from None
+        mac = r.hex(length * 2)
         r.end()
         ok = engine.verify_mac(key, data, mac, algorithm)
         return (wire.OK if ok else wire.VERIFY_FAILED), b""
