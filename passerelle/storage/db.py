@@ -106,12 +106,14 @@ def connect(
 
 
 # Failures that retrying later can cure: connection lost or refused, pool exhausted, timeouts,
-# a primary demoted to read-only during a failover, serialization conflicts.
+# a primary demoted to read-only during a failover, serialization conflicts, and a database
+# that came back empty (its schema is migrated before the spool is replayed).
 _TRANSIENT = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
     psycopg.errors.TransactionRollback,
     psycopg.errors.ReadOnlySqlTransaction,
+    psycopg.errors.UndefinedTable,
 )
 
 

@@ -298,15 +298,6 @@ class RemiseSink:
                  remise=remise.remise_number, transactions=len(remise.transactions))
         return "spooled"
 
-    async def replay_periodically(self, interval_s: float = 5.0) -> None:
-        """Replay whenever the spool holds records; run as a daemon task until cancelled."""
-        while True:
-            if await asyncio.to_thread(self.spool.has_pending):
-                report = await self.replay()
-                if report.finished:
-                    self._down_until = 0.0
-            await asyncio.sleep(interval_s)
-
     async def replay(self) -> ReplayReport:
         """Feed every spooled remise to the writer, oldest first; delete what is done."""
         report = ReplayReport()
@@ -334,6 +325,7 @@ class RemiseSink:
                     else:
                         report.already_stored += 1
                 await asyncio.to_thread(self.spool.remove, segment)
+            self._down_until = 0.0  # the database answered everything: stop bypassing it
         if report.stored or report.already_stored or report.rejected:
             log.info("spool.replayed", stored=report.stored,
                      already_stored=report.already_stored, rejected=len(report.rejected),

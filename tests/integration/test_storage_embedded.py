@@ -14,6 +14,7 @@ from passerelle.storage.db import DatabaseUnavailable, StorageSettings, connect,
 from passerelle.storage.embedded import EmbeddedPostgres
 from passerelle.storage.migrate import migrate
 from passerelle.storage.remises import RemiseWriter
+from passerelle.storage.runtime import Storage
 from passerelle.storage.spool import RemiseSink, Spool
 from tests.integration.storage_helpers import make_remise, setup_fleet
 
@@ -82,3 +83,49 @@ def test_remises_acknowledged_during_an_outage_are_stored_once_after_it(
                         "replayed 3+1", "stored"]
     assert numbers == [(n,) for n in range(1, 7)]
     assert tx_count == (36,)
+
+
+def test_storage_runtime_on_the_embedded_default_stores_and_stops(
+    embedded_state_dir: Path,
+) -> None:
+    settings = StorageSettings(state_dir=str(embedded_state_dir))
+
+    async def run() -> tuple[str, str, int | None]:
+        async with Storage(settings) as storage:
+            setup_fleet(storage.dsn)
+            first = await storage.sink.store(make_remise(remise_number=1))
+            again = await storage.sink.store(make_remise(remise_number=1))
+            return first, again, storage.embedded.pid if storage.embedded else None
+
+    first, again, pid = asyncio.run(run())
+
+    assert (first, again) == ("stored", "already_stored")
+    assert pid is not None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_storage_runtime_starts_with_the_database_away_and_catches_up(
+    embedded_state_dir: Path, empty_db_dsn: str
+) -> None:
+    down = StorageSettings(dsn="host=127.0.0.1 port=1 user=postgres", connect_timeout_s=1,
+                           pool_min_size=0, state_dir=str(embedded_state_dir))
+    remise = make_remise(remise_number=7)
+
+    async def outage() -> str:
+        async with Storage(down, replay_interval_s=3600) as storage:
+            return await storage.sink.store(remise)
+
+    async def back() -> None:
+        # The database returns empty: the schema is created before the spool is replayed.
+        up = StorageSettings(dsn=empty_db_dsn, state_dir=str(embedded_state_dir))
+        async with Storage(up, replay_interval_s=3600) as storage:
+            setup_fleet(empty_db_dsn)  # migrated by Storage on entry
+            await storage.replay_now()
+            assert not storage.spool.has_pending()
+
+    assert asyncio.run(outage()) == "spooled"
+    asyncio.run(back())
+    with psycopg.connect(empty_db_dsn) as conn:
+        assert conn.execute("SELECT remise_number, spooled FROM remises").fetchall() == [
+            (7, True)
+        ]

@@ -1,0 +1,93 @@
+"""Storage as switchd runs it: one object that opens everything, and closes it on exit.
+
+`async with Storage(settings) as storage:` resolves the database (the configured DSN, or the
+embedded server of the state directory), migrates the schema, opens the connection pool and
+the spool, and keeps replaying the spool in the background. The télécollecte dialogue then
+only calls `await storage.sink.store(remise)` and answers 0516 when it returns.
+
+PostgreSQL being away at start is not fatal: remises are spooled, and the schema is migrated
+before the first replay once the database answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+
+from passerelle.storage.db import DatabaseUnavailable, StorageSettings, open_pool
+from passerelle.storage.embedded import EmbeddedPostgres
+from passerelle.storage.migrate import migrate
+from passerelle.storage.remises import RemiseWriter
+from passerelle.storage.spool import RemiseSink, Spool
+
+log = structlog.get_logger("passerelle.storage")
+
+
+class Storage:
+    """Pool, writer, spool and sink of one switchd process (see the module docstring)."""
+
+    def __init__(self, settings: StorageSettings, *, replay_interval_s: float = 5.0) -> None:
+        self.settings = settings
+        self.state_dir = Path(settings.state_dir)
+        self.replay_interval_s = replay_interval_s
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn = settings.dsn or ""
+        self._schema_ready = False
+        self._replayer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Storage:
+        if not self.settings.dsn:
+            self.embedded = EmbeddedPostgres(self.state_dir)
+            self.dsn = await asyncio.to_thread(self.embedded.start)
+        try:
+            await self.ensure_schema()
+            self.pool = open_pool(self.dsn, self.settings)
+            await self.pool.open()
+            self.spool = Spool(self.state_dir / "spool").open()
+        except BaseException:
+            await self._stop_embedded()
+            raise
+        self.writer = RemiseWriter(self.pool)
+        self.sink = RemiseSink(self.writer, self.spool)
+        self._replayer = asyncio.create_task(self._replay_forever(), name="spool-replay")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        await self.pool.close()
+        self.spool.close()
+        await self._stop_embedded()
+
+    async def _stop_embedded(self) -> None:
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    async def ensure_schema(self) -> bool:
+        """Migrate once; False (and a log line) while the database is unreachable."""
+        if not self._schema_ready:
+            try:
+                await asyncio.to_thread(migrate, self.dsn)
+            except DatabaseUnavailable as exc:
+                log.warning("storage.migrate_deferred", error=str(exc))
+                return False
+            self._schema_ready = True
+        return True
+
+    async def replay_now(self) -> None:
+        """One replay pass, if anything is spooled and the schema is in place."""
+        if await asyncio.to_thread(self.spool.has_pending) and await self.ensure_schema():
+            await self.sink.replay()
+
+    async def _replay_forever(self) -> None:
+        while True:
+            try:
+                await self.replay_now()
+            except Exception as exc:  # keep the replayer alive; the next pass retries
+                log.error("spool.replay_failed", error=str(exc))
+            await asyncio.sleep(self.replay_interval_s)
