@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from passerelle.hsm import (
     BadInputError,
     BadLengthError,
     DukptUsage,
+    HSMDeviceError,
     HSMError,
     HSMSettings,
     HSMTimeoutError,
@@ -218,6 +220,7 @@ RFC4493 = [
 
 def test_aes_cmac_rfc4493(backend: Backend) -> None:
     async def body(hsm: HSM) -> None:
+        assert isinstance(hsm, HSM) and hsm.backend == backend.kind
         for message, tag in RFC4493:
             length = 8 if backend.kind == "payshield" else 16  # payShield MACs are 8 bytes
             mac = await hsm.generate_mac("cmac", message, MacAlgorithm.AES_CMAC, length)
@@ -515,6 +518,31 @@ def test_payshield_key_tokens_are_checked_at_start() -> None:
         PayShieldHSM("127.0.0.1", 1, keys={"zpk": "U" + "0" * 32})
     with pytest.raises(BadInputError, match="'zpk' is not a valid key block"):
         PayShieldHSM("127.0.0.1", 1, keys={"zpk": "SD0112P0AE00E0000B826"})
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [(b"ND00" + b"0" * 5, "malformed payShield answer"), (b"ZZ68", "answered b'ZZ' to NC")],
+)
+def test_payshield_malformed_answers_are_device_errors(answer: bytes, message: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        header = (await reader.readexactly(size))[:4]
+        writer.write(len(header + answer).to_bytes(2, "big") + header + answer)
+        await writer.drain()
+        writer.close()
+
+    async def body() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        hsm = PayShieldHSM("127.0.0.1", port, timeout=2.0)
+        with pytest.raises(HSMDeviceError, match=re.escape(message)):
+            await hsm.diagnostics()
+        await hsm.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(body())
 
 
 def test_payshield_unreachable_is_reported_fast() -> None:
