@@ -10,10 +10,13 @@ tell "wrong KEK" apart from "corrupted entry".
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -173,6 +176,20 @@ class Keystore:
             wrapped=base64.b64encode(blob).decode("ascii"),
         )
 
+    @contextlib.contextmanager
+    def _updating(self) -> Iterator[None]:
+        """Serialise writers (two `mpctl keys` at once) and start from the file on disk,
+        so a change made by another process since we loaded is never overwritten."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._file = self._load()
+            yield
+            self._save()
+        finally:
+            os.close(fd)
+
     def add(self, name: str, key_type: KeyType, algorithm: Algorithm, value: bytes) -> KeyInfo:
         """Store a new key (version 1); refuses to replace an existing name."""
         if (
@@ -181,20 +198,21 @@ class Keystore:
             or not name.replace("-", "").replace("_", "").replace(".", "").isalnum()
         ):
             raise BadInputError("a key name is 1 to 64 letters, digits, '-', '_' or '.'")
-        if name in self._file.keys:
-            raise BadInputError(f"key {name!r} already exists; use rotate to add a version")
         keys.check_type(name, key_type, algorithm)
         keys.check_length(name, algorithm, len(value))
-        entry = _Entry(type=key_type, algorithm=algorithm, length=len(value), versions=[])
-        entry.versions.append(self._wrapped_version(name, entry, 1, value))
-        self._file.keys[name] = entry
-        self._save()
+        with self._updating():
+            if name in self._file.keys:
+                raise BadInputError(f"key {name!r} already exists; use rotate to add a version")
+            entry = _Entry(type=key_type, algorithm=algorithm, length=len(value), versions=[])
+            entry.versions.append(self._wrapped_version(name, entry, 1, value))
+            self._file.keys[name] = entry
         return self.info(name)
 
     def rotate(self, name: str, value: bytes | None = None) -> KeyInfo:
-        e = self._entry(name)
-        value = secrets.token_bytes(e.length) if value is None else value
-        keys.check_length(name, e.algorithm, len(value))
-        e.versions.append(self._wrapped_version(name, e, e.versions[-1].version + 1, value))
-        self._save()
+        """Add a new version (random unless given); older versions stay readable."""
+        with self._updating():
+            e = self._entry(name)
+            value = secrets.token_bytes(e.length) if value is None else value
+            keys.check_length(name, e.algorithm, len(value))
+            e.versions.append(self._wrapped_version(name, e, e.versions[-1].version + 1, value))
         return self.info(name)

@@ -159,3 +159,12 @@ def test_tr31_import_under_a_stored_kbpk(paths: tuple[Path, Path]) -> None:
             await hsm.import_key("z", wrapped, "kbpk")
 
     asyncio.run(body())
+
+
+def test_two_writers_do_not_lose_each_others_keys(paths: tuple[Path, Path]) -> None:
+    first, second = Keystore(*paths), Keystore(*paths)  # two `mpctl keys` processes
+    first.add("x", KeyType.DATA, Algorithm.AES, SECRET)
+    second.add("y", KeyType.DATA, Algorithm.AES, bytes(32))
+    second.rotate("x")
+    assert Keystore(*paths).names() == ["x", "y"]
+    assert Keystore(*paths).versions("x") == [1, 2]
