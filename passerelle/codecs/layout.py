@@ -274,18 +274,26 @@ def make_converter(spec: FieldSpec, *, subelements: bool = True) -> Converter:
     if spec.sub is None or not subelements:
         return base
     codec = SUBFIELD_CODECS[spec.sub]
-    number, encoding = spec.number, spec.data.value
+    number = spec.number
 
     def convert_sub(data: bytes, start: int, body: int, end: int) -> Any:
         value = base(data, start, body, end)
-        if isinstance(value, str):
-            value = value.encode(encoding)
         try:
+            if isinstance(value, str):  # a text field (ASCII or EBCDIC) holding TLV text
+                value = _tlv_text_bytes(value)
             return codec.decode(value)
         except SubElementError as exc:
             raise CodecError(number, body + exc.offset, exc.reason) from None
 
     return convert_sub
+
+
+def _tlv_text_bytes(text: str) -> bytes:
+    """Sub-element codecs read ASCII bytes; a text field's TLV is ASCII once decoded."""
+    try:
+        return text.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise SubElementError(exc.start, "sub-element is not ASCII text") from None
 
 
 def _base_converter(spec: FieldSpec) -> Converter:
@@ -408,6 +416,7 @@ def make_encoder(spec: FieldSpec) -> Encoder:
 
     if spec.sub is not None:
         codec, plain = SUBFIELD_CODECS[spec.sub], body_of
+        as_text = data_enc in (Data.ASCII, Data.EBCDIC)
 
         def body_of(value: Any) -> tuple[bytes, int]:
             if isinstance(value, tuple | list):
@@ -415,6 +424,8 @@ def make_encoder(spec: FieldSpec) -> Encoder:
                     value = codec.encode(value)
                 except SubElementError as exc:
                     raise CodecError(number, 0, exc.reason) from None
+                if as_text:  # TLV text, written in the field's own text encoding
+                    value = value.decode("ascii")
             return plain(value)
 
     if prefix is None:

@@ -241,9 +241,6 @@ def test_respond_equals_encode_of_changed_dict(name: str, data: st.DataObject) -
     assert Message.parse(reply, profile).to_dict() == expected
 
 
-@pytest.mark.xfail(strict=True, reason="codec bug: sub-elements over text data. ASCII: decodes, "
-                   "but encode_field refuses the TLV bytes ('expects text, got bytes'); EBCDIC: "
-                   "decode re-encodes the text to cp500 and reads it as ASCII TLV")
 @pytest.mark.parametrize("data", [Data.ASCII, Data.EBCDIC])
 def test_sub_elements_over_text_data_round_trip(data: Data) -> None:
     """A field 48 carried as text holding ASCII TLV (a common acquirer layout)."""
