@@ -7,7 +7,7 @@ Each request is answered by its own task, so a slow command does not hold up the
 behind it and answers may come back out of order, as from a real multi-threaded HSM; the
 client matches them by header. `delay` lets tests and benchmarks add latency per request.
 
-    python -m passerelle.sim.payshield --port 1500
+    python -m passerelle.sim.payshield --port 1500 [--lmk-file lmk.hex]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from passerelle.hsm.errors import (
     WrongKeyTypeError,
 )
 from passerelle.hsm.keys import Algorithm, KeyType
+from passerelle.hsm.keystore import read_kek
 
 _ALGORITHM_CODE = {Algorithm.TDES: "T", Algorithm.AES: "A", Algorithm.HMAC: "H"}
 FIRMWARE = "1500-0900"
@@ -259,8 +260,12 @@ async def _main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1500)
     parser.add_argument("--header-length", type=int, default=4)
+    parser.add_argument(
+        "--lmk-file", help="32-byte LMK (hex, mode 0600) so tokens made with wrap_key() work"
+    )
     args = parser.parse_args()
-    sim = PayShieldSimulator(header_length=args.header_length)
+    lmk = read_kek(args.lmk_file) if args.lmk_file else None
+    sim = PayShieldSimulator(lmk=lmk, header_length=args.header_length)
     host, port = await sim.start(args.host, args.port)
     print(f"payShield simulator on {host}:{port}", flush=True)
     await asyncio.Event().wait()
