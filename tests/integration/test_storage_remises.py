@@ -261,6 +261,7 @@ def test_collected_remise_time_is_stored_in_utc(db_dsn: str) -> None:
          "contract_number_collected_at"),
         ("remises", "terminal_serial = 'TPE0000'", "terminal_serial_collected_at"),
         ("remises", "remise_number = 12", "remise_number"),
+        ("remises", "net_amount BETWEEN 100 AND 200", "net_amount_collected_at"),
         ("remises", "file_number = 12", "file_number"),
         ("remises", "lower(trade_name) = 'au bon pain'", "lower_collected_at"),
         ("remises", "bank_code = '30004' AND rang = '001'", "bank_code_rang_collected_at"),

@@ -158,6 +158,7 @@ CREATE INDEX remises_file_idx ON remises (file_number);
 CREATE INDEX remises_trade_name_idx ON remises (lower(trade_name), collected_at);
 CREATE INDEX remises_label_idx ON remises (lower(label), collected_at);
 CREATE INDEX remises_incorrect_idx ON remises (collected_at) WHERE NOT is_correct;
+CREATE INDEX remises_amount_idx ON remises (net_amount, collected_at);
 
 CREATE SEQUENCE transactions_id_seq AS bigint;
 
