@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 import psycopg
@@ -226,6 +226,21 @@ def validate(remise: Remise) -> None:
             _check_text(at, name, getattr(tx, name))
 
 
+class _Context(NamedTuple):
+    """The terminal and contract a remise names, as the database knows them."""
+
+    terminal_id: int
+    maker: str | None
+    itp: str | None
+    contract_id: int
+    rang: str
+    bank_code: str
+    acquirer: str | None
+    label: str | None
+    trade_name: str | None
+    siret: str | None
+
+
 _LOOKUP = """
 SELECT t.id, t.maker, t.itp, c.id, c.rang, c.bank_code, c.acquirer, c.label,
        COALESCE(c.trade_name, m.trade_name), COALESCE(c.siret, m.siret)
@@ -287,7 +302,7 @@ _DIRECTION = {"purchase": "debit", "refund": "credit", "cancellation": "credit"}
 def transaction_rows(
     remise: Remise, remise_id: int, remise_state: str, context: Sequence[object]
 ) -> list[tuple[object, ...]]:
-    """The COPY rows of a remise's transactions (context: the looked-up terminal/contract)."""
+    """The COPY rows of a remise's transactions (context: a `_Context`-shaped sequence)."""
     (_tid, maker, _itp, contract_id, rang, bank_code, _acq, label, trade_name, siret) = context
     collected_at = remise.collected_at.astimezone(UTC)
     return [
@@ -334,14 +349,15 @@ class RemiseWriter:
                 await conn.execute(
                     _INSERT_REMISE,
                     (
-                        remise_id, collected_at, context[0], remise.terminal_serial,
-                        context[1], context[2], context[3], remise.contract_number,
-                        context[4], context[5], remise.application, context[6], context[7],
-                        context[8], context[9], remise.remise_number, remise.file_number,
-                        remise.ack_window, remise.currency,
+                        remise_id, collected_at, context.terminal_id, remise.terminal_serial,
+                        context.maker, context.itp, context.contract_id, remise.contract_number,
+                        context.rang, context.bank_code, remise.application, context.acquirer,
+                        context.label, context.trade_name, context.siret, remise.remise_number,
+                        remise.file_number, remise.ack_window, remise.currency,
                         *msgspec.structs.astuple(remise.declared),
                         *msgspec.structs.astuple(computed),
                         len(remise.transactions),
+                        # net: what the merchant is credited (cancellations undo purchases)
                         computed.purchases_amount - computed.refunds_amount
                         - computed.cancellations_amount,
                         is_correct, status, spooled,
@@ -361,7 +377,7 @@ class RemiseWriter:
         return StoreOutcome(remise_id, True, status, is_correct, len(remise.transactions))
 
     @staticmethod
-    async def _lookup(conn: psycopg.AsyncConnection, remise: Remise) -> tuple[object, ...]:
+    async def _lookup(conn: psycopg.AsyncConnection, remise: Remise) -> _Context:
         cur = await conn.execute(
             _LOOKUP,
             {
@@ -379,7 +395,7 @@ class RemiseWriter:
                 f"unknown contract {remise.contract_number!r} for application "
                 f"{remise.application!r} (terminal {remise.terminal_serial!r})"
             )
-        return tuple(row)
+        return _Context(*row)
 
     @staticmethod
     async def _existing(conn: psycopg.AsyncConnection, remise: Remise) -> StoreOutcome:
