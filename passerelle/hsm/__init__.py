@@ -52,12 +52,22 @@ __all__ = [
 
 def open_hsm(settings: HSMSettings) -> HSM:
     """Build the configured backend. The soft and PKCS#11 backends open their store or
-    token here (and fail fast with an HSMError); payShield connects on first use."""
-    if settings.backend == "soft":
+    token here (and fail fast with an HSMError); payShield connects on first use. With a
+    `data_backend`, PAN HMAC and data keys go there and the rest to `backend`."""
+    payments = _open_backend(settings, settings.backend)
+    if settings.data_backend is None or settings.data_backend == settings.backend:
+        return payments
+    from passerelle.hsm.split import SplitHSM  # noqa: PLC0415
+
+    return SplitHSM(payments, _open_backend(settings, settings.data_backend))
+
+
+def _open_backend(settings: HSMSettings, backend: str) -> HSM:
+    if backend == "soft":
         from passerelle.hsm.soft import SoftHSM  # noqa: PLC0415 - only the configured backend
 
         return SoftHSM(settings.soft.keystore, settings.soft.kek, settings.pan_hmac_key)
-    if settings.backend == "pkcs11":
+    if backend == "pkcs11":
         from passerelle.hsm.pkcs11_token import Pkcs11HSM, read_pin  # noqa: PLC0415
 
         p = settings.pkcs11
@@ -69,7 +79,7 @@ def open_hsm(settings: HSMSettings) -> HSM:
             timeout=p.timeout,
             pan_hmac_key=settings.pan_hmac_key,
         )
-    if settings.backend == "payshield":
+    if backend == "payshield":
         from passerelle.hsm.payshield import PayShieldHSM  # noqa: PLC0415
 
         s = settings.payshield
@@ -83,4 +93,4 @@ def open_hsm(settings: HSMSettings) -> HSM:
             max_in_flight=s.max_in_flight,
             zone_pin_keys=tuple(s.zone_pin_keys),
         )
-    raise HSMError(f"unknown HSM backend {settings.backend!r} (soft, pkcs11 or payshield)")
+    raise HSMError(f"unknown HSM backend {backend!r} (soft, pkcs11 or payshield)")

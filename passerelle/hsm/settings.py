@@ -41,6 +41,8 @@ class PayShieldSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 class HSMSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backend: Literal["soft", "pkcs11", "payshield"] = "soft"
+    # Where PAN HMAC and data (AES-GCM) keys live when `backend` lacks them (payShield):
+    data_backend: Literal["soft", "pkcs11"] | None = None
     pan_hmac_key: str = "pan-hmac"
     soft: SoftSettings = msgspec.field(default_factory=SoftSettings)
     pkcs11: Pkcs11Settings = msgspec.field(default_factory=Pkcs11Settings)

@@ -708,6 +708,41 @@ def test_open_hsm_from_settings(
         assert await ps.generate_mac("cmac", b"", MacAlgorithm.AES_CMAC) == H(RFC4493[0][1])[:8]
         assert [k.name for k in await ps.list_keys()] == ["cmac"]
         await ps.close()
+        # payShield for payment keys, the token for PAN HMAC and data keys.
+        split = open_hsm(
+            msgspec.convert(
+                {
+                    "backend": "payshield",
+                    "data_backend": "pkcs11",
+                    "pkcs11": {
+                        "library": SOFTHSM_LIB,
+                        "token": softhsm_token,
+                        "pin_env": "TEST_P11_PIN",
+                    },
+                    "payshield": {
+                        "host": host,
+                        "port": port,
+                        "header_length": 6,
+                        "keys": {"retail": sim.wrap_key(KeyType.MAC, Algorithm.TDES, RETAIL_KEY)},
+                    },
+                },
+                HSMSettings,
+            )
+        )
+        try:
+            assert isinstance(split, HSM) and split.backend == "payshield+pkcs11"
+            digest = await split.pan_hmac("4970101234567890")
+            assert digest.digest == hmac.new(PAN_KEY, b"4970101234567890", hashlib.sha256).digest()
+            assert await split.generate_mac("retail", b"Now is the time for all ") == H(
+                "A1C72E74EA3FA9B6"
+            )
+            assert {"retail", "data", "pan-hmac"} <= {k.name for k in await split.list_keys()}
+            assert (await split.key_info("data")).type is KeyType.DATA
+            with pytest.raises(UnknownKeyError):
+                await split.rotate_key("nope")
+            assert (await split.diagnostics())["data.token"] == softhsm_token
+        finally:
+            await split.close()
         await sim.stop()
 
     asyncio.run(body())
