@@ -1,0 +1,178 @@
+"""switchd with storage and the télécollecte dialogue wired in.
+
+    python -m passerelle.switchd.gateway --config switchd.toml
+
+The same daemon as `switchd` (same listeners, logs, metrics, signals), plus the storage
+runtime (`[storage]` DSN, or with none an embedded PostgreSQL in the state directory;
+migrations; pool; spool journal under `<state_dir>/spool`, replayed in the background) and
+the télécollecte dialogue on transfer-mode sessions. `[storage] state_dir` defaults to
+`[switchd] state_dir`. Kept apart from `main.py` so that the
+storage layer is only imported where it is used; `main.py` can call `serve` when the
+configuration has a `[telecollecte]` table or a `[storage]` one.
+
+`[telecollecte]` is read here (config.py does not know it yet), see `TelecollecteSettings`.
+Without `pan_hmac_key`, a random key is generated once into `<state_dir>/pan-hmac.key`
+(mode 0600): fine for a demo or a single node, not for several nodes that must agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvloop
+
+from passerelle.config import ConfigError, Settings, parse_config
+from passerelle.storage.db import StorageError, settings_from_table
+from passerelle.storage.pan import PanHmacKey
+from passerelle.storage.runtime import Storage
+from passerelle.switchd import logs
+from passerelle.switchd.dispatch import default_registry
+from passerelle.switchd.server import Daemon
+from passerelle.switchd.telecollecte import (
+    TelecollecteMetrics,
+    TelecollecteServices,
+    register,
+)
+
+__all__ = ["Gateway", "TelecollecteSettings", "load", "main"]
+
+
+class TelecollecteSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                           kw_only=True):
+    """The `[telecollecte]` table."""
+
+    pan_hmac_key: str | None = None  # hex, at least 16 bytes; default: a generated key file
+    pan_hmac_key_version: int = 1
+    max_window: int = msgspec.field(default=32)  # 0246 per 0256 at most
+    max_messages: int = 9999  # 0246 per file (field 72 is n4)
+    replay_interval: float = 5.0  # seconds between spool replays while it holds remises
+    spool_retry_after: float = 2.0  # after a failed store, go straight to the spool this long
+
+
+def load(path: str | Path | None) -> tuple[Settings, TelecollecteSettings]:
+    """Read the TOML file: switchd settings plus our `[telecollecte]` table."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                raw = tomllib.load(file)
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    table = raw.pop("telecollecte", {})
+    try:
+        telecollecte = msgspec.convert(table, TelecollecteSettings)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"[telecollecte]: {error}") from None
+    if not 1 <= telecollecte.max_window <= 999 or not 1 <= telecollecte.max_messages <= 9999:
+        raise ConfigError("[telecollecte]: max_window must be 1..999, max_messages 1..9999")
+    settings = parse_config(raw)
+    try:
+        settings_from_table(settings.storage)
+    except StorageError as error:
+        raise ConfigError(str(error)) from None
+    return settings, telecollecte
+
+
+def _pan_key(settings: TelecollecteSettings, state_dir: Path, log: Any) -> PanHmacKey:
+    if settings.pan_hmac_key is not None:
+        return PanHmacKey.from_hex(settings.pan_hmac_key_version, settings.pan_hmac_key)
+    path = state_dir / "pan-hmac.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        log.warning("telecollecte.pan_key_generated", path=str(path))
+    return PanHmacKey.from_hex(settings.pan_hmac_key_version, path.read_text().strip())
+
+
+class Gateway:
+    """Storage (`passerelle.storage.runtime.Storage`) + the daemon, in the right order."""
+
+    def __init__(self, settings: Settings, telecollecte: TelecollecteSettings) -> None:
+        self.settings = settings
+        self.telecollecte = telecollecte
+        table = {"state_dir": settings.switchd.state_dir, **settings.storage}
+        self.storage_settings = settings_from_table(table)
+        self.state_dir = Path(self.storage_settings.state_dir)
+        self.log = logs.get_logger()
+        self.storage: Storage | None = None
+        self.daemon: Daemon | None = None
+
+    async def start(self) -> None:
+        """Storage, then the listeners (tests and the demo run it in-process)."""
+        await self._prepare()
+        assert self.daemon is not None
+        await self.daemon.start()
+
+    async def _prepare(self) -> None:
+        tlc = self.telecollecte
+        storage = Storage(self.storage_settings, replay_interval_s=tlc.replay_interval)
+        await storage.__aenter__()
+        self.storage = storage
+        storage.sink.retry_after_s = tlc.spool_retry_after
+        services = TelecollecteServices(
+            sink=storage.sink, pan_key=_pan_key(tlc, self.state_dir, self.log),
+            pool=storage.pool, max_window=tlc.max_window, max_messages=tlc.max_messages)
+        registry = default_registry()
+        register(registry, services)
+        self.daemon = Daemon(self.settings, registry=registry)
+        services.metrics = TelecollecteMetrics(self.daemon.metrics.registry)
+
+    async def stop(self) -> None:
+        """Drain the daemon (0516s in flight are sent), then close storage."""
+        if self.daemon is not None:
+            await self.daemon.stop()
+        if self.storage is not None:
+            storage, self.storage = self.storage, None
+            with contextlib.suppress(StorageError, TimeoutError):
+                await asyncio.wait_for(storage.replay_now(), 10)
+            await storage.__aexit__(None, None, None)
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop."""
+        try:
+            await self._prepare()
+            assert self.daemon is not None
+            await self.daemon.run()
+        finally:
+            await self.stop()
+
+
+async def serve(settings: Settings, telecollecte: TelecollecteSettings) -> None:
+    await Gateway(settings, telecollecte).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="switchd-gateway", description="switchd with storage and the télécollecte.")
+    parser.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    args = parser.parse_args(argv)
+    try:
+        settings, telecollecte = load(args.config)
+    except ConfigError as error:
+        print(f"switchd: {args.config}: {error}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(settings.logging.level)
+    try:
+        uvloop.run(serve(settings, telecollecte))
+    except (OSError, StorageError) as error:
+        logs.get_logger().error("switchd.failed", error=str(error))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,577 @@
+"""The télécollecte dialogue: a terminal hands over its stored transactions (its remise).
+
+A télécollecte (batch collection) is one CBCOM session in transfer mode (protocol type
+0x01). A remise is one terminal's batch for one acceptor contract and one application; a
+session may carry several remises (one file each), one after the other::
+
+    0804 (24=862 sign-on)                       -> 0814
+    0306 file header                            -> 0316 (accepted window)
+    0246 x n, stored transactions               -> 0256 after each window, and after the last
+    0506 end of file, declared totals           -> 0516, only once the remise is durable
+    ... more files (0306 ... 0516) ...
+    0844 (24=851 turn offer, 24=860 close)      -> 0854
+
+0516 is sent only after `RemiseSink.store` returned: the remise is committed in PostgreSQL
+(one transaction, COPY) or fsynced to the spool journal. A terminal that lost our 0516 sends
+the same file again; it is acknowledged again and stored once (the writer's remise key:
+terminal, contract, application, remise number). Until the 0506, a file lives in this
+session's memory only: a session that ends, or a file refused midway, stores nothing.
+
+Field usage. No public CB2A télécollecte specification exists; these are our choices, made
+the way CB2A uses ISO 8583:1987 elsewhere (ISO meaning wherever a field has one):
+
+* every message: 41 terminal identification (the terminal's serial as registered in
+  `terminals`, ans 8, space-padded), 42 acceptor contract number (ans 15, space-padded),
+  11 STAN (echoed).
+* 0804: 24 function code 862 sign-on (831 is still the echo test). 0844: 24 = 851 turn
+  offer (we have nothing to send, so the turn comes back), 860 close.
+* 0306 / 0506: 101 file name = the application (CBEMV, CBCLESS, AMEX, CONECS, ...): a CB
+  terminal collects one file per application; 49 currency (ISO 4217 numeric); 72 "message
+  number, last" = the number of 0246 in the file; 47 (CB TLV: 2-char tag, 2-digit length):
+  RN remise number, FN file number, FW window (0246 per 0256, 1..max_window; 0316 answers
+  with the window we accept). 12/13 (hhmmss/MMDD, Europe/Paris) on the 0506 date the remise
+  when the terminal's clock is within `clock_tolerance` of ours (a terminal that collects
+  a backlog); otherwise our clock dates it.
+* 0246: 71 message number (1..n, in order), 2 PAN, 3 processing code (first two digits:
+  00 purchase, 20 refund), 90 original data elements (present: the transaction cancels
+  that original purchase, an annulation), 4 amount (minor units), 49 currency, 12/13 local
+  time and date (the year is the latest one that does not put the date in the future),
+  14 expiry YYMM, 37 RRN (the dossier number), 38 authorization number, 39 the response
+  code the transaction got (00: approved; anything else: declined, "non autorisée"),
+  55 tag 9F06 the AID, 47 tags IS issuer and PR product (titres-restaurant on CONECS
+  name their issuer and product). 35, 36, 45, 52 (track and PIN data) are never read.
+  The PAN is turned into `pan_masked` + `pan_hmac` as soon as it is read; the full PAN is
+  never kept, logged or stored.
+* 0256: 71 = the last message number received, 39.
+* 0506 totals, ISO 1987 reconciliation fields: 76/88 debits = approved purchases,
+  74/86 credits = approved refunds, 77/89 debits reversal = approved cancellations,
+  80 ("inquiries": looked at, no funds moved) / 84 = unauthorized (declined) count and
+  amount. 75, 78, 79, 81-83, 85, 87 have no remise meaning: absent or zero.
+  0516 carries our recomputed totals in the same fields.
+
+Answers (39, CB response codes): 00 accepted; 95 "reconcile error": the remise is stored,
+its status names the difference between declared and recomputed totals; 12 invalid
+transaction: a message out of order or in the wrong phase, a file whose last window was
+never acknowledged (0506 before the announced count); 30 format error, 44 AA naming the
+field (3-digit field + "00"); 03 invalid merchant: unknown contract for the application;
+58 not permitted to terminal: unknown terminal; 96 system malfunction: the remise could be
+made durable neither in PostgreSQL nor in the spool (the terminal retries later). The
+terminal and contract are checked at sign-on and header when PostgreSQL answers; while it
+is away they are checked when the spool is replayed (refused remises go to rejected.log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from passerelle.codecs.errors import CodecError
+from passerelle.codecs.iso8583 import Message, encode
+from passerelle.storage.db import StorageError
+from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac
+from passerelle.storage.remises import (
+    STATUS_CORRECT,
+    InvalidRemise,
+    Remise,
+    RemiseTotals,
+    RemiseTransaction,
+    UnknownReference,
+    compute_totals,
+    remise_status,
+)
+from passerelle.storage.spool import RemiseSink
+from passerelle.switchd.dispatch import Answer, Registry, SessionContext, echo
+
+__all__ = [
+    "MTIS",
+    "TOTAL_FIELDS",
+    "TelecollecteServices",
+    "register",
+    "totals_fields",
+]
+
+PARIS = ZoneInfo("Europe/Paris")
+MTIS = ("0804", "0805", "0306", "0307", "0246", "0247", "0506", "0507", "0844", "0845")
+SIGN_ON, TURN, CLOSE, ECHO = "862", "851", "860", "831"
+# RemiseTotals field -> (count field, amount field) of 0506/0516.
+TOTAL_FIELDS = {
+    "purchases": (76, 88),
+    "refunds": (74, 86),
+    "cancellations": (77, 89),
+    "unauthorized": (80, 84),
+}
+_UNUSED_TOTALS = (75, 78, 79, 81, 82, 83, 85, 87)
+_WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
+          82: 12, 83: 12, 84: 12, 85: 12, 86: 16, 87: 16, 88: 16, 89: 16}
+_OPERATIONS = {"00": "purchase", "20": "refund"}
+_MAX_FILES_PER_SESSION = 64
+_LOOKUP_TIMEOUT = 2.0
+_LOOKUP = """
+SELECT EXISTS (SELECT 1 FROM terminals WHERE serial = %(serial)s),
+       EXISTS (SELECT 1 FROM contracts WHERE contract_number = %(contract)s
+                                         AND application = %(application)s)
+"""
+
+
+class Refused(Exception):
+    """A message this dialogue answers with a refusal: response code, log reason, field."""
+
+    def __init__(self, code: str, reason: str, field: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.field = field
+
+
+class TelecollecteMetrics:
+    """Counters of the dialogue, registered on the daemon's Prometheus registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.remises = Counter(
+            "telecollecte_remises", "Remises acknowledged (0516), by outcome",
+            ["outcome"], registry=registry)
+        self.transactions = Counter(
+            "telecollecte_transactions", "Transactions of acknowledged remises, by outcome",
+            ["outcome"], registry=registry)
+        self.refused = Counter(
+            "telecollecte_refused", "Télécollecte messages refused, by response code",
+            ["code"], registry=registry)
+
+
+@dataclass
+class TelecollecteServices:
+    """What the dialogue needs: where remises go, the PAN key, limits.
+
+    `pool` (optional) is only read, to check terminal and contract before a file is sent.
+    """
+
+    sink: RemiseSink
+    pan_key: PanHmacKey
+    pool: AsyncConnectionPool | None = None
+    max_window: int = 32
+    max_messages: int = 9999
+    clock_tolerance: timedelta = timedelta(days=31)
+    metrics: TelecollecteMetrics = field(default_factory=TelecollecteMetrics)
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _lookups_down_until: float = 0.0
+
+    async def known(self, serial: str, contract: str | None, application: str | None,
+                    log: Any) -> tuple[bool, bool] | None:
+        """(terminal known, contract known) or None when PostgreSQL cannot tell now."""
+        if self.pool is None or time.monotonic() < self._lookups_down_until:
+            return None
+        try:
+            async with asyncio.timeout(_LOOKUP_TIMEOUT):
+                async with self.pool.connection(timeout=_LOOKUP_TIMEOUT) as conn:
+                    cur = await conn.execute(_LOOKUP, {"serial": serial, "contract": contract,
+                                                       "application": application})
+                    row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            self._lookups_down_until = time.monotonic() + 5.0
+            log.warning("telecollecte.lookup_unavailable", error=str(exc).strip()[:200])
+            return None
+        assert row is not None
+        return bool(row[0]), bool(row[1])
+
+
+class Phase(enum.Enum):
+    CONNECTED = "connected"  # CBCOM up, no sign-on yet
+    SIGNED_ON = "signed_on"  # between files
+    RECEIVING = "receiving"  # 0306 accepted, 0246 expected
+    CLOSED = "closed"  # 0844 close answered
+
+
+@dataclass
+class _File:
+    """One file (remise) being received."""
+
+    application: str
+    currency: int
+    remise_number: int
+    file_number: int
+    count: int
+    window: int
+    transactions: list[RemiseTransaction] = field(default_factory=list)
+    last_acknowledged: int = 0
+
+
+@dataclass
+class _Dialogue:
+    """A session's télécollecte state (kept in `SessionContext.state`)."""
+
+    phase: Phase = Phase.CONNECTED
+    terminal: str = ""
+    contract: str = ""
+    files_done: int = 0
+    file: _File | None = None
+
+
+# -- field helpers ---------------------------------------------------------------------------
+def _text(message: Message, number: int, *, required: bool = True) -> str | None:
+    value = message.get(number)
+    if value is None:
+        if required:
+            raise Refused("30", f"field {number} is missing", number)
+        return None
+    text = str(value).strip()
+    if required and not text:
+        raise Refused("30", f"field {number} is empty", number)
+    return text or None
+
+
+def _int(message: Message, number: int) -> int:
+    text = _text(message, number)
+    assert text is not None
+    if not text.isdigit():
+        raise Refused("30", f"field {number} is not numeric", number)
+    return int(text)
+
+
+def _tags(message: Message, number: int) -> dict[str, str]:
+    value = message.get(number)
+    return {tag: str(item) for tag, item in value} if value else {}
+
+
+def _tag_int(tags: dict[str, str], tag: str, low: int, high: int) -> int:
+    text = tags.get(tag, "").strip()
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise Refused("30", f"field 47 tag {tag} must be a number in {low}..{high}", 47)
+    return int(text)
+
+
+def _local_time(message: Message, now: datetime) -> datetime | None:
+    """Fields 12 (hhmmss) and 13 (MMDD), Paris time, as UTC; the year that is not ahead."""
+    hms, mmdd = message.get(12), message.get(13)
+    if hms is None or mmdd is None:
+        return None
+    local_now = now.astimezone(PARIS)
+    try:
+        for year in (local_now.year, local_now.year - 1):
+            at = datetime(year, int(mmdd[:2]), int(mmdd[2:]), int(hms[:2]), int(hms[2:4]),
+                          int(hms[4:]), tzinfo=PARIS)
+            if at <= local_now + timedelta(days=1):
+                return at.astimezone(UTC)
+    except ValueError:
+        pass  # 29 February of the wrong year, 25h61: refused below
+    raise Refused("30", "fields 12/13 are not a valid local time and date", 13)
+
+
+def totals_fields(totals: RemiseTotals) -> dict[int, str]:
+    """0506/0516 fields 74-89 carrying `totals` (see the module docstring)."""
+    values = {number: "0" * _WIDTH[number] for number in _UNUSED_TOTALS}
+    for kind, (count_field, amount_field) in TOTAL_FIELDS.items():
+        values[count_field] = f"{getattr(totals, f'{kind}_count'):0{_WIDTH[count_field]}d}"
+        values[amount_field] = f"{getattr(totals, f'{kind}_amount'):0{_WIDTH[amount_field]}d}"
+    return values
+
+
+def _declared_totals(message: Message) -> RemiseTotals:
+    for number in _UNUSED_TOTALS:
+        value = message.get(number)
+        if value is not None and value.strip("0"):
+            raise Refused("30", f"field {number} has no remise meaning and must be zero",
+                          number)
+    values = {}
+    for kind, (count_field, amount_field) in TOTAL_FIELDS.items():
+        for suffix, number in (("count", count_field), ("amount", amount_field)):
+            raw = message.get(number)
+            values[f"{kind}_{suffix}"] = int(raw) if raw is not None else 0
+    return RemiseTotals(**values)
+
+
+# -- the dialogue ----------------------------------------------------------------------------
+class Telecollecte:
+    """The handler registered for the télécollecte MTIs (one instance per daemon)."""
+
+    def __init__(self, services: TelecollecteServices) -> None:
+        self.services = services
+
+    def __call__(self, message: Message, context: SessionContext) -> Answer | Awaitable[Answer]:
+        dialogue = context.state.get("telecollecte")
+        if dialogue is None:
+            dialogue = context.state["telecollecte"] = _Dialogue()
+        mti = message.mti
+        try:
+            if mti in ("0246", "0247"):  # the hot path stays synchronous
+                return self._transaction(message, context, dialogue)
+            if mti in ("0804", "0805"):
+                function = message.get(24)
+                if function is None or function == ECHO:
+                    return echo(message, context)
+                return self._guarded(self._sign_on(message, context, dialogue, function),
+                                     message, context, dialogue)
+            if mti in ("0306", "0307"):
+                return self._guarded(self._header(message, context, dialogue),
+                                     message, context, dialogue)
+            if mti in ("0506", "0507"):
+                return self._guarded(self._end(message, context, dialogue),
+                                     message, context, dialogue)
+            return self._turn(message, context, dialogue)
+        except Refused as refusal:
+            return self._refuse(message, context, dialogue, refusal)
+        except CodecError as error:
+            return self._refuse(message, context, dialogue,
+                                Refused("30", f"field {error.field}: {error.reason}",
+                                        error.field))
+
+    async def _guarded(self, answer: Awaitable[Answer], message: Message,
+                       context: SessionContext, dialogue: _Dialogue) -> Answer:
+        try:
+            return await answer
+        except Refused as refusal:
+            return self._refuse(message, context, dialogue, refusal)
+        except CodecError as error:
+            return self._refuse(message, context, dialogue,
+                                Refused("30", f"field {error.field}: {error.reason}",
+                                        error.field))
+
+    # -- refusals ----------------------------------------------------------------------------
+    def _refuse(self, message: Message, context: SessionContext, dialogue: _Dialogue,
+                refusal: Refused) -> Answer:
+        """Answer with the response MTI and 39 (and 44 AA); drop the file being received."""
+        file = dialogue.file
+        if file is not None:
+            dialogue.file = None
+            dialogue.phase = Phase.SIGNED_ON
+            context.busy = False
+        self.services.metrics.refused.labels(refusal.code).inc()
+        context.log.warning(
+            "telecollecte.refused", mti=message.mti, code=refusal.code, reason=refusal.reason,
+            field=refusal.field, terminal=dialogue.terminal or None,
+            file_dropped=file is not None,
+            transactions_dropped=len(file.transactions) if file is not None else 0)
+        answer_mti = {"0804": "0814", "0805": "0814", "0306": "0316", "0307": "0316",
+                      "0246": "0256", "0247": "0256", "0506": "0516", "0507": "0516",
+                      "0844": "0854", "0845": "0854"}[message.mti]
+        values: dict[int, Any] = {39: refusal.code}
+        # Built afresh, never echoed: a 0246 carries the PAN. Only identifiers come back.
+        for number in (11, 41, 42, 71, 101):
+            value = message.get(number) if number in message else None
+            if value is not None:
+                values[number] = value
+        if refusal.code == "30":
+            values[44] = (("AA", f"{refusal.field or 0:03d}00"),)
+        try:
+            return encode(message.profile, answer_mti, values)
+        except CodecError:  # an identifier itself was the bad field
+            return encode(message.profile, answer_mti, {39: refusal.code})
+
+    # -- 0804 sign-on ------------------------------------------------------------------------
+    async def _sign_on(self, message: Message, context: SessionContext, dialogue: _Dialogue,
+                       function: str) -> Answer:
+        if function != SIGN_ON:
+            raise Refused("12", f"0804 function code {function} is not sign-on (862)", 24)
+        if dialogue.phase is not Phase.CONNECTED:
+            raise Refused("12", f"sign-on in phase {dialogue.phase.value}")
+        terminal = _text(message, 41)
+        contract = _text(message, 42, required=False) or ""
+        assert terminal is not None
+        known = await self.services.known(terminal, None, None, context.log)
+        if known is not None and not known[0]:
+            raise Refused("58", f"unknown terminal {terminal!r}", 41)
+        dialogue.terminal, dialogue.contract = terminal, contract
+        dialogue.phase = Phase.SIGNED_ON
+        context.log.info("telecollecte.signed_on", terminal=terminal, contract=contract,
+                         checked=known is not None)
+        return message.respond("0814", {39: "00"})
+
+    # -- 0306 header -------------------------------------------------------------------------
+    async def _header(self, message: Message, context: SessionContext,
+                      dialogue: _Dialogue) -> Answer:
+        if dialogue.phase is Phase.RECEIVING:
+            raise Refused("12", "0306 while a file is open: the previous file is dropped")
+        if dialogue.phase is not Phase.SIGNED_ON:
+            raise Refused("12", f"0306 in phase {dialogue.phase.value} (sign-on first)")
+        if dialogue.files_done >= _MAX_FILES_PER_SESSION:
+            raise Refused("12", f"more than {_MAX_FILES_PER_SESSION} files in one session")
+        terminal, contract = _text(message, 41), _text(message, 42)
+        assert terminal is not None and contract is not None
+        if terminal != dialogue.terminal:
+            raise Refused("12", f"terminal {terminal!r} differs from the sign-on's", 41)
+        application = _text(message, 101)
+        assert application is not None
+        if len(application) > 16 or not application.isprintable():
+            raise Refused("30", "field 101 (application) is not a short name", 101)
+        currency = _int(message, 49)
+        count = _int(message, 72)
+        services = self.services
+        if count > services.max_messages:
+            raise Refused("30", f"{count} messages announced, at most "
+                          f"{services.max_messages}", 72)
+        tags = _tags(message, 47)
+        remise_number = _tag_int(tags, "RN", 0, 999_999)
+        file_number = _tag_int(tags, "FN", 0, 999_999)
+        window = min(_tag_int(tags, "FW", 1, 999), services.max_window)
+        known = await services.known(terminal, contract, application, context.log)
+        if known is not None:
+            if not known[0]:
+                raise Refused("58", f"unknown terminal {terminal!r}", 41)
+            if not known[1]:
+                raise Refused("03", f"unknown contract {contract!r} for application "
+                              f"{application!r}", 42)
+        dialogue.contract = contract
+        dialogue.file = _File(application, currency, remise_number, file_number, count, window)
+        dialogue.phase = Phase.RECEIVING
+        context.busy = True  # the terminal owes us the file: a drain waits for it
+        context.log.info("telecollecte.file_opened", terminal=terminal, contract=contract,
+                         application=application, remise=remise_number, file=file_number,
+                         messages=count, window=window)
+        return message.respond("0316", {39: "00", 47: (*(
+            (tag, value) for tag, value in tags.items() if tag != "FW"), ("FW", str(window)))})
+
+    # -- 0246 stored transactions ------------------------------------------------------------
+    def _transaction(self, message: Message, context: SessionContext,
+                     dialogue: _Dialogue) -> Answer:
+        file = dialogue.file
+        if file is None:
+            raise Refused("12", f"0246 in phase {dialogue.phase.value} (no file open)")
+        number = _int(message, 71)
+        received = len(file.transactions)
+        if message.mti == "0247" and number <= received:
+            return None  # a repeat of a message we have: already counted
+        if number != received + 1:
+            raise Refused("12", f"message number {number} out of order, expected "
+                          f"{received + 1}", 71)
+        if number > file.count:
+            raise Refused("12", f"message {number} beyond the {file.count} announced", 71)
+        file.transactions.append(self._read_transaction(message, file, number))
+        if number == file.count or number - file.last_acknowledged >= file.window:
+            file.last_acknowledged = number
+            return encode(message.profile, "0256", {
+                11: message.get(11), 39: "00", 41: message.get(41), 42: message.get(42),
+                71: f"{number:04d}"})
+        return None
+
+    def _read_transaction(self, message: Message, file: _File, number: int) -> RemiseTransaction:
+        processing = _text(message, 3)
+        assert processing is not None
+        operation = _OPERATIONS.get(processing[:2])
+        if operation is None:
+            raise Refused("30", f"processing code {processing[:2]} is neither purchase (00) "
+                          "nor refund (20)", 3)
+        if 90 in message:
+            if operation != "purchase":
+                raise Refused("30", "only a purchase can be cancelled (field 90)", 90)
+            operation = "cancellation"
+        currency = _int(message, 49)
+        if currency != file.currency:
+            raise Refused("30", f"currency {currency} differs from the file's {file.currency}",
+                          49)
+        code = _text(message, 39)
+        assert code is not None
+        if len(code) != 2 or not code.isalnum():
+            raise Refused("30", "field 39 is not a 2-character response code", 39)
+        at = _local_time(message, self.services.now())
+        if at is None:
+            raise Refused("30", "fields 12/13 (local time and date) are missing", 12)
+        pan = _text(message, 2)
+        assert pan is not None
+        if not pan.isdigit() or not 12 <= len(pan) <= 19:
+            raise Refused("30", "field 2 is not a 12-19 digit card number", 2)
+        digest, version = pan_hmac(self.services.pan_key, pan)
+        masked = mask_pan(pan)
+        del pan  # from here on, only the mask and the keyed HMAC exist
+        expiry = _text(message, 14, required=False)
+        if expiry is not None and not (expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
+            raise Refused("30", "field 14 is not an expiry YYMM", 14)
+        aid = next((value.hex().upper() for tag, value in message.get(55) or ()
+                    if tag == "9F06"), None)
+        tags = _tags(message, 47)
+        stan = _text(message, 11, required=False)
+        return RemiseTransaction(
+            seq=number, at=at, operation=operation,  # type: ignore[arg-type]
+            result="approved" if code == "00" else "declined",
+            amount=_int(message, 4), currency=currency, pan_masked=masked, pan_hmac=digest,
+            pan_hmac_key_version=version, expiry=expiry, response_code=code.upper(),
+            authorization_number=_text(message, 38, required=False),
+            issuer=tags.get("IS", "").strip()[:64] or None,
+            product=tags.get("PR", "").strip()[:64] or None,
+            rrn=_text(message, 37, required=False), stan=stan, aid=aid,
+        )
+
+    # -- 0506 end of file --------------------------------------------------------------------
+    async def _end(self, message: Message, context: SessionContext,
+                   dialogue: _Dialogue) -> Answer:
+        file = dialogue.file
+        if file is None:
+            raise Refused("12", f"0506 in phase {dialogue.phase.value} (no file open)")
+        count = _int(message, 72)
+        received = len(file.transactions)
+        if count != file.count or received != file.count:
+            raise Refused("12", f"end of file after {received} of {file.count} messages "
+                          f"(0506 says {count}): window from {file.last_acknowledged + 1} "
+                          "never acknowledged", 72)
+        if _text(message, 101) != file.application or _text(message, 42) != dialogue.contract:
+            raise Refused("12", "0506 names another application or contract than its 0306",
+                          101)
+        tags = _tags(message, 47)
+        if "RN" in tags and _tag_int(tags, "RN", 0, 999_999) != file.remise_number:
+            raise Refused("12", "0506 names another remise number than its 0306", 47)
+        declared = _declared_totals(message)
+        services = self.services
+        now = services.now()
+        collected_at = now
+        stated = _local_time(message, now)
+        if stated is not None and abs(stated - now) <= services.clock_tolerance:
+            collected_at = stated
+        remise = Remise(
+            terminal_serial=dialogue.terminal, contract_number=dialogue.contract,
+            application=file.application, remise_number=file.remise_number,
+            file_number=file.file_number, currency=file.currency, collected_at=collected_at,
+            declared=declared, transactions=file.transactions, ack_window=file.window,
+        )
+        computed = compute_totals(file.transactions)
+        status = remise_status(declared, computed, file.currency)
+        try:
+            outcome = await services.sink.store(remise)
+        except UnknownReference as exc:
+            code = "58" if str(exc).startswith("unknown terminal") else "03"
+            raise Refused(code, str(exc)) from None
+        except InvalidRemise as exc:
+            raise Refused("30", str(exc)) from None
+        except StorageError as exc:
+            raise Refused("96", f"remise not durable, terminal must retry: {exc}") from None
+        dialogue.file = None
+        dialogue.phase = Phase.SIGNED_ON
+        dialogue.files_done += 1
+        context.busy = False
+        code = "00" if status == STATUS_CORRECT else "95"
+        services.metrics.remises.labels(outcome).inc()
+        services.metrics.transactions.labels(outcome).inc(len(file.transactions))
+        context.log.info(f"telecollecte.remise_{outcome}", terminal=dialogue.terminal,
+                         contract=dialogue.contract, application=file.application,
+                         remise=file.remise_number, file=file.file_number,
+                         transactions=len(file.transactions), status=status, code=code)
+        return message.respond("0516", {39: code, **totals_fields(computed)})
+
+    # -- 0844 turn / close -------------------------------------------------------------------
+    def _turn(self, message: Message, context: SessionContext, dialogue: _Dialogue) -> Answer:
+        function = message.get(24)
+        if dialogue.phase is Phase.RECEIVING:
+            raise Refused("12", "0844 while a file is open: the file is dropped")
+        if function == TURN:
+            context.log.info("telecollecte.turn", terminal=dialogue.terminal)
+            return message.respond("0854", {39: "00"})
+        if function == CLOSE:
+            dialogue.phase = Phase.CLOSED
+            context.log.info("telecollecte.closed", terminal=dialogue.terminal,
+                             files=dialogue.files_done)
+            return message.respond("0854", {39: "00"})
+        raise Refused("12", f"0844 function code {function} is neither 851 nor 860", 24)
+
+
+def register(registry: Registry, services: TelecollecteServices) -> Telecollecte:
+    """Serve the télécollecte MTIs on transfer-mode sessions (CBCOM protocol type 0x01)."""
+    handler = Telecollecte(services)
+    registry.register(MTIS, handler, mode="transfer")
+    return handler

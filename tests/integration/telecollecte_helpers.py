@@ -1,0 +1,188 @@
+"""Shared by the télécollecte tests: a gateway in-process or as a child process, a fleet."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from passerelle.config import parse_config
+from passerelle.sim.pki import DemoPki, make_pki
+from passerelle.sim.telecollecte import Batch
+from passerelle.storage.pan import mask_pan
+from passerelle.switchd.gateway import Gateway, TelecollecteSettings
+from passerelle.switchd.process import to_toml
+
+PAN_KEY_HEX = "6b" * 32
+LISTENERS = ("xot", "cbcom", "cbcom-tls")
+
+
+def settings_dict(dsn: str | None, state_dir: Path, pki: DemoPki, **telecollecte: Any
+                  ) -> dict[str, Any]:
+    """switchd + [storage] + [telecollecte] settings: every listener on a free port."""
+    storage: dict[str, Any] = {"state_dir": str(state_dir), "connect_timeout_s": 1.0,
+                               "pool_min_size": 0, "pool_max_size": 8}
+    if dsn is not None:
+        storage["dsn"] = dsn
+    local = {"host": "127.0.0.1", "port": 0}
+    return {
+        "switchd": {"state_dir": str(state_dir), "drain_timeout": 10.0},
+        "listeners": {"xot": dict(local), "cbcom": dict(local),
+                      "cbcom-tls": {**local, "enabled": True, "cert": str(pki.cert),
+                                    "key": str(pki.key)},
+                      "iso": {"enabled": False}},
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
+        "storage": storage,
+        "telecollecte": {"pan_hmac_key": PAN_KEY_HEX, "replay_interval": 0.2,
+                         "spool_retry_after": 0.5, **telecollecte},
+    }
+
+
+@asynccontextmanager
+async def running_gateway(dsn: str, state_dir: Path, pki: DemoPki,
+                          **telecollecte: Any) -> AsyncIterator[Gateway]:
+    """A gateway on this event loop (real sockets), stopped on exit."""
+    raw = settings_dict(dsn, state_dir, pki, **telecollecte)
+    table = raw.pop("telecollecte")
+    gateway = Gateway(parse_config(raw), TelecollecteSettings(**table))
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+def port(gateway: Gateway, listener: str) -> int:
+    assert gateway.daemon is not None
+    return gateway.daemon.listeners[listener].port
+
+
+def pki_in(directory: Path) -> DemoPki:
+    return make_pki(directory / "pki")
+
+
+def expected_hmac(pan: str) -> bytes:
+    return hmac.new(bytes.fromhex(PAN_KEY_HEX), pan.encode(), hashlib.sha256).digest()
+
+
+def stored_transactions(dsn: str) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    """(terminal, application, remise number, seq) -> the stored transaction row."""
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(
+            "SELECT terminal_serial, remise_number, seq, operation, result, response_code,"
+            " amount, currency, pan_masked, pan_hmac, expiry, authorization_number, issuer,"
+            " product, rrn, stan, aid, tx_at, application FROM transactions")
+        names = [d.name for d in cur.description or ()]
+        return {(r[0], r[18], r[1], r[2]): dict(zip(names, r, strict=True))
+                for r in cur.fetchall()}
+
+
+def assert_stored_as_sent(dsn: str, batches: list[Batch]) -> None:
+    """Every transaction of `batches` is stored exactly as the terminal sent it."""
+    rows = stored_transactions(dsn)
+    assert len(rows) == sum(len(b.transactions) for b in batches)
+    for batch in batches:
+        for seq, tx in enumerate(batch.transactions, 1):
+            row = rows[batch.terminal, batch.application, batch.remise_number, seq]
+            assert row["pan_masked"] == mask_pan(tx.pan)
+            assert bytes(row["pan_hmac"]) == expected_hmac(tx.pan)
+            assert (row["operation"], row["amount"], row["currency"]) == (
+                tx.operation, tx.amount, batch.currency)
+            assert row["result"] == ("approved" if tx.approved else "declined")
+            assert row["response_code"] == tx.response_code
+            assert row["tx_at"] == tx.at.replace(microsecond=0)
+            assert (row["expiry"], row["authorization_number"], row["rrn"]) == (
+                tx.expiry, tx.authorization_number, tx.rrn)
+            assert (row["issuer"], row["product"], row["aid"]) == (tx.issuer, tx.product,
+                                                                  tx.aid)
+            assert row["application"] == batch.application
+
+
+class GatewayProcess:
+    """`python -m passerelle.switchd.gateway` as a child: readiness from its log, kill -9."""
+
+    def __init__(self, settings: dict[str, Any], workdir: Path) -> None:
+        self.config = workdir / "gateway.toml"
+        self.config.write_text(to_toml(settings))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[bytes] = []
+        self.addresses: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
+        self.proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module
+            [sys.executable, "-m", "passerelle.switchd.gateway", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ})
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        ready = self.wait_for("switchd.ready", timeout)
+        self.addresses = {name: int(address.rsplit(":", 1)[1])
+                          for name, address in ready["listeners"].items()}
+        return self
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        with self._changed:
+            found = []
+            for line in self.lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("event") == name:
+                    found.append(event)
+            return found
+
+    def wait_for(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = self.events(name)
+                if found:
+                    return found[0]
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"gateway exited before {name}: {self.tail()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {name} within {timeout} s: {self.tail()}")
+                self._changed.wait(min(remaining, 0.5))
+
+    def tail(self, lines: int = 15) -> str:
+        return b"".join(self.lines[-lines:]).decode(errors="replace")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

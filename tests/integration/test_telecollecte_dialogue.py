@@ -1,0 +1,93 @@
+"""Télécollecte end to end: simulated terminals, real sockets, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from passerelle.sim.telecollecte import Faults, dial, generate_batches, telecollecte
+from tests.integration.storage_helpers import setup_fleet
+from tests.integration.telecollecte_helpers import (
+    LISTENERS,
+    assert_stored_as_sent,
+    pki_in,
+    port,
+    running_gateway,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+APPS = ("CBEMV", "CBCLESS", "AMEX", "CONECS")
+
+
+def _remises(dsn: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT terminal_serial, application, remise_number, file_number, status,"
+            " transaction_count, purchases_count, purchases_amount, refunds_count,"
+            " refunds_amount, cancellations_count, cancellations_amount,"
+            " unauthorized_count, unauthorized_amount, is_correct FROM remises"
+            " ORDER BY terminal_serial, application, remise_number").fetchall()
+
+
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_full_telecollecte_stores_what_the_terminal_sent(
+        listener: str, db_dsn: str, tmp_path: Path) -> None:
+    setup_fleet(db_dsn, terminals=1, applications=APPS)
+    pki = pki_in(tmp_path)
+    rng = random.Random(listener)
+    batches = [b for app in APPS
+               for b in generate_batches(rng, "TPE0000", "1234567", app, days=2,
+                                         per_day=(0, 30), first_remise=10)]
+    batches[0].transactions.clear()  # an empty remise is stored too: it proves the call
+
+    async def scenario() -> list[object]:
+        async with running_gateway(db_dsn, tmp_path / "state", pki) as gateway:
+            tls = pki.client_context()
+            return await telecollecte(
+                lambda: dial(listener, "127.0.0.1", port(gateway, listener), tls=tls),
+                batches, window=7)
+
+    results = asyncio.run(scenario())
+
+    assert [r.code for r in results] == ["00"] * len(batches)  # type: ignore[attr-defined]
+    assert all(r.attempts == 1 for r in results)  # type: ignore[attr-defined]
+    remises = _remises(db_dsn)
+    assert len(remises) == len(batches)
+    for batch in batches:
+        totals = batch.totals()
+        row = next(r for r in remises if r[1] == batch.application
+                   and r[2] == batch.remise_number)
+        assert row[4] == "REMISE CORRECTE" and row[14] is True
+        assert row[3] == batch.file_number
+        assert row[5] == len(batch.transactions)
+        assert row[6:14] == tuple(totals[k] for k in (
+            "purchases_count", "purchases_amount", "refunds_count", "refunds_amount",
+            "cancellations_count", "cancellations_amount", "unauthorized_count",
+            "unauthorized_amount"))
+    assert_stored_as_sent(db_dsn, batches)
+
+
+def test_a_repeated_batch_after_a_lost_0516_is_stored_once(db_dsn: str, tmp_path: Path
+                                                           ) -> None:
+    setup_fleet(db_dsn, terminals=1)
+    pki = pki_in(tmp_path)
+    batches = generate_batches(random.Random(2), "TPE0000", "1234567", "CBEMV", days=2)
+
+    async def scenario() -> list[object]:
+        async with running_gateway(db_dsn, tmp_path / "state", pki) as gateway:
+            return await telecollecte(
+                lambda: dial("cbcom", "127.0.0.1", port(gateway, "cbcom")), batches,
+                faults=Faults(lose_0516=2))
+
+    results = asyncio.run(scenario())
+
+    # each 0516 lost twice: three sessions per batch, each remise stored once
+    assert [(r.code, r.attempts) for r in results] == [("00", 3)] * 2  # type: ignore[attr-defined]
+    remises = _remises(db_dsn)
+    assert [(r[2], r[5]) for r in remises] == [
+        (b.remise_number, len(b.transactions)) for b in batches]
+    assert_stored_as_sent(db_dsn, batches)
