@@ -194,7 +194,8 @@ _TRANSACTIONS = _Table(
         "response_code": "response_code",
     },
 )
-_TABLES = {"remises": _REMISES, "transactions": _TRANSACTIONS}
+REMISE_SORTS = tuple(_REMISES.sorts)
+TRANSACTION_SORTS = tuple(_TRANSACTIONS.sorts)
 _NULLABLE_SORTS = {"response_code"}
 
 # filter field -> column, for plain equality.
@@ -551,3 +552,10 @@ def count(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters,
     with translate_errors(f"counting {table.name}"):
         row = conn.execute(query, params).fetchone()
     return int(row[0]) if row else 0
+
+
+def contract_city(conn: psycopg.Connection, contract_id: int) -> str | None:
+    """The city a ticket prints under the trade name (contracts.city)."""
+    with translate_errors("reading a contract"):
+        row = conn.execute("SELECT city FROM contracts WHERE id = %s", (contract_id,)).fetchone()
+    return row[0] if row else None

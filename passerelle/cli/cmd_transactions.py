@@ -1,0 +1,75 @@
+"""`mpctl transactions`: search stored transactions with every filter, card number included.
+
+A card number is never sent to the database: it is turned into its keyed HMAC under each
+`--pan-key` version given, and the rows keep only the mask (first 6 + last 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from passerelle.cli.common import (
+    TRANSACTION_FILTERS,
+    amount,
+    database,
+    database_options,
+    emit_json,
+    errors,
+    filter_options,
+    paging_options,
+    pan_keys_option,
+    paris,
+    parse_pan_keys,
+    print_totals,
+    resolve_user,
+    table,
+    take_filters,
+)
+from passerelle.storage import queries
+from passerelle.storage.filters import parse_transaction_filters
+
+
+@click.command(name="transactions")
+@filter_options(TRANSACTION_FILTERS)
+@pan_keys_option
+@paging_options(queries.TRANSACTION_SORTS)
+@database_options
+@errors
+def command(**kwargs: Any) -> None:
+    """List transactions matching the filters, newest first, with their totals.
+
+    \b
+    Examples:
+      mpctl transactions --from 2026-11-20 --to 2026-11-21 --type credit
+      mpctl transactions --last4 7893 --amount 12,50
+      mpctl transactions --card 4970101234567893 --pan-key 1:9f86... --pan-key 2:60303...
+      mpctl transactions --application CONECS --group-by issuer --json
+      mpctl transactions --result declined --response-code 51
+    """
+    raw = take_filters(kwargs, TRANSACTION_FILTERS)
+    keys = parse_pan_keys(kwargs["pan_keys"]) if raw.get("card_number") else []
+    filters = parse_transaction_filters(raw, keys)
+    with database(kwargs["dsn"], kwargs["state_dir"]) as conn:
+        user_id = resolve_user(conn, kwargs["as_user"])
+        page = queries.search(conn, filters, user_id=user_id, sort=kwargs["sort"],
+                              descending=not kwargs["asc"], limit=kwargs["limit"],
+                              cursor=kwargs["cursor"], offset=kwargs["offset"])
+        totals = queries.totals(conn, filters, user_id=user_id, group_by=kwargs["group_by"])
+    if kwargs["as_json"]:
+        emit_json({"rows": page.rows, "next_cursor": page.next_cursor, "totals": totals})
+        return
+    table(
+        ["ID", "DATE", "TERMINAL", "CONTRACT", "APPLICATION", "REMISE", "TYPE", "RESULT", "RC",
+         "CARD", "AMOUNT", "AUTO", "ISSUER"],
+        [[r.id, paris(r.tx_at), r.terminal_serial, r.contract_number, r.application,
+          r.remise_number, r.direction.upper(), r.result, r.response_code, r.pan_masked,
+          amount(r.amount, r.currency), r.authorization_number, r.issuer]
+         for r in page.rows],
+        right=(0, 5, 10),
+    )
+    click.echo("")
+    print_totals(totals, kwargs["group_by"] is not None)
+    if page.next_cursor:
+        click.echo(f"\nmore: --cursor {page.next_cursor}")
