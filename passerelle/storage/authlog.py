@@ -1,0 +1,189 @@
+"""The authorization log: every online authorization, written in batches off the hot path.
+
+The dialogue calls `log()`, which only appends to a bounded in-memory queue. One task
+drains the queue in batches with COPY (one round trip per batch). When PostgreSQL is away
+the batch goes to the fsynced spool journal instead (one record per batch) and is replayed
+in order, one segment per transaction, when the database answers again. A full queue
+(the writer fell behind by `max_queue` records) spools the overflow at once rather than
+drop it or block the terminal. Rows hold the masked PAN and its keyed HMAC, never the PAN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from passerelle.storage.db import DatabaseUnavailable, StorageError
+from passerelle.storage.spool import KIND_AUTHORIZATION, Spool
+
+log = structlog.get_logger("passerelle.storage")
+
+_COLUMNS = ("at", "mti", "terminal_serial", "contract_number", "application", "acquirer",
+            "stan", "rrn", "amount", "currency", "pan_masked", "pan_hmac",
+            "pan_hmac_key_version", "expiry", "response_code", "authorization_number",
+            "stand_in", "latency_ms", "error")
+_COPY = f"COPY authorizations ({', '.join(_COLUMNS)}) FROM STDIN"
+
+
+class AuthRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One row of `authorizations` (the column order of `_COLUMNS`)."""
+
+    at: datetime
+    mti: str
+    terminal_serial: str | None
+    contract_number: str | None
+    application: str | None
+    acquirer: str | None
+    stan: str | None
+    rrn: str | None
+    amount: int | None
+    currency: int | None
+    pan_masked: str | None
+    pan_hmac: bytes | None
+    pan_hmac_key_version: int | None
+    expiry: str | None
+    response_code: str | None
+    authorization_number: str | None
+    stand_in: bool
+    latency_ms: int | None
+    error: str | None = None
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(list[AuthRecord])
+
+
+class AuthLogWriter:
+    """`log()` from the dialogue; `run()` as a task; `flush()` / `close()` at the end."""
+
+    def __init__(self, pool: AsyncConnectionPool | None, spool: Spool | None, *,
+                 max_queue: int = 10_000, batch: int = 500, flush_interval: float = 0.2,
+                 replay_interval: float = 5.0,
+                 on_spooled: Callable[[int], None] | None = None) -> None:
+        self.pool = pool
+        self.spool = spool
+        self.max_queue = max_queue
+        self.batch = batch
+        self.flush_interval = flush_interval
+        self.replay_interval = replay_interval
+        self.on_spooled = on_spooled
+        self._queue: deque[AuthRecord] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._database_down = pool is None
+        self.written = 0
+        self.spooled = 0
+
+    def log(self, record: AuthRecord) -> None:
+        """Queue one record; never waits for I/O (the overflow is spooled at once)."""
+        if len(self._queue) >= self.max_queue:
+            self._to_spool([record])
+            return
+        self._queue.append(record)
+        self._idle.clear()
+        if len(self._queue) >= self.batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="authlog-writer")
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every record logged so far is stored or spooled."""
+        self._wake.set()
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_replay = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                count = min(len(self._queue), self.batch)
+                rows = [self._queue.popleft() for _ in range(count)]
+                await self._store(rows)
+            self._idle.set()
+            if self.spool is not None and self.pool is not None and loop.time() >= next_replay:
+                next_replay = loop.time() + self.replay_interval
+                await self.replay()
+
+    async def _store(self, rows: list[AuthRecord]) -> None:
+        if self.pool is not None and not self._database_down:
+            try:
+                await self._copy(rows)
+                self.written += len(rows)
+                return
+            except StorageError as error:
+                self._database_down = True
+                log.warning("authlog.database_away", error=str(error), rows=len(rows))
+        await asyncio.to_thread(self._to_spool, rows)
+
+    def _to_spool(self, rows: list[AuthRecord]) -> None:
+        if self.spool is None:
+            log.error("authlog.lost", rows=len(rows), reason="no database and no spool")
+            return
+        self.spool.append(KIND_AUTHORIZATION, _ENCODER.encode(rows))
+        self.spooled += len(rows)
+        if self.on_spooled is not None:
+            self.on_spooled(len(rows))
+
+    async def _copy(self, rows: list[AuthRecord]) -> None:
+        assert self.pool is not None
+        try:
+            async with (self.pool.connection() as conn, conn.cursor() as cursor,
+                        cursor.copy(_COPY) as copy):
+                for row in rows:
+                    await copy.write_row(msgspec.structs.astuple(row))
+        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+            raise DatabaseUnavailable(f"authorization log: {error}") from error
+        except psycopg.Error as error:
+            raise StorageError(f"authorization log: {error}") from error
+        except Exception as error:  # psycopg_pool.PoolTimeout and friends
+            raise DatabaseUnavailable(f"authorization log: {error}") from error
+
+    async def replay(self) -> int:
+        """Store spooled batches, oldest first, one segment per transaction; rows stored."""
+        if self.spool is None or self.pool is None:
+            return 0
+        stored = 0
+        for segment in await asyncio.to_thread(self.spool.seal):
+            parsed = await asyncio.to_thread(self.spool.read, segment)
+            rows: list[AuthRecord] = []
+            for record in parsed.records:
+                if record.kind == KIND_AUTHORIZATION:
+                    rows.extend(_DECODER.decode(record.payload))
+            try:
+                await self._copy(rows)
+            except StorageError as error:
+                self._database_down = True
+                log.info("authlog.replay_deferred", error=str(error))
+                return stored
+            await asyncio.to_thread(self.spool.remove, segment)
+            stored += len(rows)
+        self._database_down = False
+        if stored:
+            log.info("authlog.replayed", rows=stored)
+        return stored

@@ -1,0 +1,449 @@
+"""The authorization dialogue: 0100 -> validate -> route -> acquirer -> 0110 (DESIGN.md §4-5).
+
+Every request is answered before its deadline (`authorization.deadline`, the terminal's TNR
+minus a margin): approved or declined by an acquirer, approved in stand-in under a floor
+limit, or `91` when nothing could decide. The response codes we choose ourselves:
+
+====  ==========================================================================
+14    no PAN, or a PAN failing Luhn (field 2, else the PAN part of track 2)
+54    card expired (field 14, else track 2's YYMM)
+13    amount zero or above `authorization.max_amount`
+12    currency not accepted (`authorization.currencies`)
+03    terminal unknown, or field 42 is not its active contract (accepteur invalide)
+92    no route for (application, BIN, contract, currency)
+94    the same request (terminal, STAN, date/time) is already in flight
+91    no acquirer decided and stand-in was not allowed (or could not queue its advice)
+30    a field that cannot be decoded (44 AA names it): raised as CodecError, answered by
+      the dispatcher
+====  ==========================================================================
+
+Failover: the route's acquirers are tried in order while at least `min_attempt` seconds
+remain; a link that is down is skipped at once. An attempt that times out, or whose link
+died after sending, may have been approved: a reversal is queued for it (SAF), so a late
+approval never stands. Stand-in approvals queue an advice to the route's first acquirer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from passerelle.codecs.iso8583 import CodecError, Message
+from passerelle.codecs.profiles import get_profile
+from passerelle.routing import translate
+from passerelle.routing.application import read_application
+from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout, RoutingError
+from passerelle.routing.link import AcquirerLink
+from passerelle.routing.metrics import RoutingMetrics
+from passerelle.routing.mux import DuplicateKey
+from passerelle.routing.settings import AcquirerSettings, RoutingSettings
+from passerelle.routing.table import Router
+from passerelle.storage.authlog import AuthLogWriter, AuthRecord
+from passerelle.storage.db import StorageError
+from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac
+from passerelle.storage.saf import SafItem, SafStore
+
+log = structlog.get_logger("passerelle.auth")
+
+AUTH_MTIS = ("0100", "0101")
+_ACCEPTED = ("00", "000", "400", "800")  # SAF acknowledgements
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalInfo:
+    contract: str
+    application: str | None
+    active: bool
+
+
+class Directory:
+    """Terminal -> contract, from PostgreSQL (cached `directory_ttl` s) or configuration.
+
+    A database error keeps serving the cached entry, however old: terminals must not be
+    refused because the database is away.
+    """
+
+    def __init__(self, settings: RoutingSettings, pool: Any = None) -> None:
+        auth = settings.authorization
+        self.pool = pool
+        self.ttl = auth.directory_ttl
+        contracts = {c.number: c for c in auth.contracts}
+        self._configured = {
+            t.terminal_id.strip(): TerminalInfo(
+                t.contract.strip(),
+                contracts[t.contract].application if t.contract in contracts else None,
+                contracts[t.contract].active if t.contract in contracts else True)
+            for t in auth.terminals}
+        self._cache: dict[str, tuple[float, TerminalInfo | None]] = {}
+
+    async def lookup(self, terminal_id: str) -> TerminalInfo | None:
+        if self.pool is None:
+            return self._configured.get(terminal_id)
+        now = time.monotonic()
+        cached = self._cache.get(terminal_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT c.contract_number, c.application, c.active AND t.active"
+                    " FROM terminals t JOIN contracts c ON c.id = t.contract_id"
+                    " WHERE t.serial = %s", (terminal_id,))
+                row = await cursor.fetchone()
+        except Exception as error:
+            log.warning("auth.directory_unavailable", error=str(error))
+            if cached is not None:
+                return cached[1]
+            return self._configured.get(terminal_id)
+        info = TerminalInfo(row[0], row[1], bool(row[2])) if row else None
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[terminal_id] = (now + self.ttl, info)
+        return info or self._configured.get(terminal_id)
+
+
+@dataclass
+class AuthServices:
+    """Everything the dialogue uses; built by `build_services`, run by `start()`/`close()`."""
+
+    settings: RoutingSettings
+    router: Router
+    links: dict[str, AcquirerLink]
+    directory: Directory
+    metrics: RoutingMetrics
+    authlog: AuthLogWriter | None = None
+    saf: SafStore | None = None
+    pan_key: PanHmacKey | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def start(self, wait_links: float = 0.0) -> None:
+        for link in self.links.values():
+            link.start()
+        if self.authlog is not None:
+            self.authlog.start()
+        if self.saf is not None:
+            for name in self.links:
+                self.tasks.append(asyncio.create_task(self._deliver_saf(name),
+                                                      name=f"saf-{name}"))
+        if wait_links:
+            await asyncio.gather(*(link.wait_up(wait_links) for link in self.links.values()))
+
+    async def close(self) -> None:
+        """Stop SAF delivery, let queued SAF writes finish, close links, flush the log."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tasks.clear()
+        if self.background:
+            await asyncio.wait(self.background, timeout=5.0)
+        for link in self.links.values():
+            await link.close()
+        if self.authlog is not None:
+            await self.authlog.close()
+
+    def reload_routes(self) -> bool:
+        """SIGHUP: a new route table, or the old one kept (and the error logged)."""
+        try:
+            table = self.router.reload()
+        except RoutingError as error:
+            log.error("auth.routes_reload_failed", error=str(error))
+            return False
+        log.info("auth.routes_reloaded", routes=len(table.routes))
+        return True
+
+    def queue_saf(self, acquirer: AcquirerSettings, kind: str, wire: bytes,
+                  changes: dict[int, Any] | None = None) -> asyncio.Task[bool] | None:
+        """Queue an advice/reversal of `wire` in the background; None without a SAF store."""
+        if self.saf is None:
+            log.error("auth.saf_unavailable", acquirer=acquirer.name, kind=kind)
+            return None
+        message, key = translate.follow_up(wire, acquirer, kind, changes)
+        task = asyncio.create_task(self._enqueue(acquirer.name, kind, "|".join(key), message))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def _enqueue(self, acquirer: str, kind: str, key: str, message: bytes) -> bool:
+        assert self.saf is not None
+        try:
+            queued = await self.saf.enqueue(acquirer, kind, key, message)
+        except StorageError as error:
+            log.error("auth.saf_enqueue_failed", acquirer=acquirer, kind=kind, error=str(error))
+            return False
+        log.info("auth.saf_queued", acquirer=acquirer, kind=kind, new=queued)
+        return True
+
+    async def _deliver_saf(self, name: str) -> None:
+        """Deliver this acquirer's advices and reversals whenever its link is up."""
+        assert self.saf is not None
+        link = self.links[name]
+        s = self.settings.saf
+        profile = get_profile(link.settings.profile)
+
+        async def send(item: SafItem) -> None:
+            request = Message.parse(item.payload, profile)
+            key = translate.key_of(request, translate.answer_mti(request.mti))
+            answer = await link.request(item.payload, key, s.attempt_timeout)
+            code = str(answer.get(39, ""))
+            if code not in _ACCEPTED:
+                raise RoutingError(f"{item.kind} refused with code {code or 'none'}")
+            self.metrics.saf_delivered.labels(name, item.kind).inc()
+
+        while True:
+            try:
+                depth = (await self.saf.depth()).get(name, 0)
+                self.metrics.saf_depth.labels(name).set(depth)
+                if depth and link.up:
+                    await self.saf.deliver(name, send, limit=s.batch,
+                                           backoff_min=s.backoff_min, backoff_max=s.backoff_max)
+            except StorageError as error:
+                log.warning("auth.saf_delivery_failed", acquirer=name, error=str(error))
+            await asyncio.sleep(s.interval)
+
+
+def _pan_and_expiry(message: Message) -> tuple[str, str | None]:
+    pan = str(message.get(2, "")) if 2 in message else ""
+    expiry = str(message.get(14)) if 14 in message else None
+    if 35 in message:
+        track = str(message.get(35)).upper().replace("=", "D")
+        head, _, tail = track.partition("D")
+        pan = pan or head
+        expiry = expiry or (tail[:4] if len(tail) >= 4 else None)
+    return pan, expiry
+
+
+def _expired(expiry: str, now: datetime) -> bool:
+    if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
+        raise CodecError(14, 0, f"expiry {expiry!r} is not YYMM")
+    return expiry < now.strftime("%y%m")
+
+
+class Authorizer:
+    """The 0100 handler; one instance per daemon."""
+
+    def __init__(self, services: AuthServices) -> None:
+        self.s = services
+        self._stand_in_numbers = itertools.count(1)
+
+    def __call__(self, message: Message, context: Any) -> Any:
+        return self.authorize(message)
+
+    async def authorize(self, message: Message) -> bytes:
+        """The 0110 for `message`, always before the deadline."""
+        loop = asyncio.get_running_loop()
+        settings = self.s.settings.authorization
+        started = loop.time()
+        deadline = started + settings.deadline - settings.margin
+        state = _Attempt()
+        try:
+            async with asyncio.timeout_at(deadline):
+                answer = await self._decide(message, state, deadline)
+        except TimeoutError:
+            if state.wire is not None and state.acquirer is not None:
+                self.s.queue_saf(state.acquirer, "reversal", state.wire)
+            answer = self._answer(message, state, "91")
+        return answer
+
+    async def _decide(self, message: Message, state: _Attempt, deadline: float) -> bytes:
+        now = datetime.now(UTC)
+        settings = self.s.settings.authorization
+        pan, expiry = _pan_and_expiry(message)
+        state.pan, state.expiry = pan, expiry
+        amount_text = message.get(4)
+        if amount_text is None:
+            raise CodecError(4, 0, "an authorization needs an amount (field 4)")
+        state.amount = amount = int(amount_text)
+        state.currency = currency = int(message.get(49, "978"))
+        if not luhn_valid(pan):
+            return self._answer(message, state, "14")
+        if expiry is None or _expired(expiry, now):
+            return self._answer(message, state, "54")
+        if amount <= 0 or amount > settings.max_amount:
+            return self._answer(message, state, "13")
+        if currency not in settings.currencies:
+            return self._answer(message, state, "12")
+        terminal = str(message.get(41, "")).strip()
+        contract = str(message.get(42, "")).strip()
+        state.terminal, state.contract = terminal, contract
+        info = await self.s.directory.lookup(terminal)
+        if info is None or info.contract != contract or not info.active:
+            return self._answer(message, state, "03")
+        state.application = application = read_application(message, pan, info.application)
+        route = self.s.router.match(application, pan, contract, currency)
+        if route is None:
+            return self._answer(message, state, "92")
+        loop = asyncio.get_running_loop()
+        for name in route.acquirers:
+            left = deadline - loop.time()
+            if left < settings.min_attempt:
+                break
+            link = self.s.links.get(name)
+            if link is None or not link.up:
+                continue
+            acquirer = link.settings
+            try:
+                wire, key = translate.to_acquirer(message, acquirer, now)
+            except CodecError as error:
+                log.warning("auth.untranslatable", acquirer=name, field=error.field,
+                            reason=error.reason)
+                continue
+            state.acquirer, state.wire = acquirer, wire
+            sent = loop.time()
+            try:
+                answer = await link.request(wire, key, min(acquirer.response_timeout, left))
+            except DuplicateKey:
+                state.wire = None
+                return self._answer(message, state, "94")
+            except LinkDown as error:
+                if isinstance(error, LinkLost):
+                    self.s.queue_saf(acquirer, "reversal", wire)
+                state.wire = None
+                log.info("auth.failover", acquirer=name, reason=str(error))
+                continue
+            except LinkTimeout as error:
+                self.s.queue_saf(acquirer, "reversal", wire)
+                state.wire = None
+                log.info("auth.failover", acquirer=name, reason=str(error))
+                continue
+            self.s.metrics.observe(name, loop.time() - sent)
+            try:
+                outcome = translate.from_acquirer(answer, acquirer)
+            except CodecError as error:
+                self.s.queue_saf(acquirer, "reversal", wire)
+                state.wire = None
+                log.warning("auth.bad_acquirer_answer", acquirer=name, reason=error.reason)
+                continue
+            state.wire = None
+            return self._answer(message, state, outcome.code, approval=outcome.approval,
+                                issuer_data=outcome.issuer_data,
+                                additional=outcome.additional)
+        return await self._stand_in(message, state, route.acquirers, deadline, now)
+
+    async def _stand_in(self, message: Message, state: _Attempt, chain: tuple[str, ...],
+                        deadline: float, now: datetime) -> bytes:
+        """No acquirer decided: approve under the floor limit, with an advice queued."""
+        state.acquirer = None
+        first = self.s.links.get(chain[0])
+        if first is None or self.s.saf is None:
+            return self._answer(message, state, "91")
+        acquirer = first.settings
+        limit = acquirer.floor_limit(state.contract, state.application, state.currency)
+        if state.amount > limit:
+            return self._answer(message, state, "91")
+        approval = f"S{next(self._stand_in_numbers) % 100_000:05d}"
+        try:
+            wire, _ = translate.to_acquirer(message, acquirer, now)
+        except CodecError:
+            return self._answer(message, state, "91")
+        code = "000" if acquirer.profile == "iso93-binary" else "00"
+        task = self.s.queue_saf(acquirer, "advice", wire, {38: approval, 39: code})
+        if task is None:
+            return self._answer(message, state, "91")
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            queued = await asyncio.wait_for(asyncio.shield(task), max(left, 0.0))
+        except TimeoutError:
+            queued = False
+        if not queued:
+            return self._answer(message, state, "91")
+        state.stand_in = True
+        state.acquirer = acquirer
+        self.s.metrics.stand_in.labels(state.application or "").inc()
+        return self._answer(message, state, "00", approval=approval)
+
+    def _answer(self, message: Message, state: _Attempt, code: str, *,
+                approval: str | None = None, issuer_data: Any = None,
+                additional: Any = None) -> bytes:
+        """Build the 0110, count it and log it."""
+        answer = translate.terminal_answer(message, code, approval, issuer_data, additional)
+        acquirer = state.acquirer.name if state.acquirer is not None and (
+            code not in ("91",) or state.stand_in) else ""
+        self.s.metrics.authorization(state.application or "", acquirer or "none",
+                                     code + ("-standin" if state.stand_in else ""))
+        self._log(message, state, code, approval, acquirer)
+        return answer
+
+    def _log(self, message: Message, state: _Attempt, code: str, approval: str | None,
+             acquirer: str) -> None:
+        writer = self.s.authlog
+        if writer is None:
+            return
+        pan = state.pan
+        masked = digest = version = None
+        if pan and pan.isdigit() and 12 <= len(pan) <= 19:
+            masked = mask_pan(pan)
+            if self.s.pan_key is not None:
+                digest, version = pan_hmac(self.s.pan_key, pan)
+        expiry = state.expiry if state.expiry and state.expiry.isdigit() and len(
+            state.expiry) == 4 and "01" <= state.expiry[2:] <= "12" else None
+        latency = int((time.monotonic() - state.started) * 1000)
+        try:
+            rrn = str(message.get(37)) if 37 in message else None
+            stan = str(message.get(11)) if 11 in message else None
+        except CodecError:
+            rrn = stan = None
+        writer.log(AuthRecord(
+            at=datetime.now(UTC), mti=message.mti, terminal_serial=state.terminal or None,
+            contract_number=state.contract or None, application=state.application,
+            acquirer=acquirer or None, stan=stan, rrn=rrn, amount=state.amount,
+            currency=state.currency if state.currency and 0 < state.currency < 1000 else None,
+            pan_masked=masked, pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
+            response_code=code, authorization_number=approval, stand_in=state.stand_in,
+            latency_ms=latency))
+
+
+class _Attempt:
+    """What one authorization learned so far (for the answer, the log and a reversal)."""
+
+    __slots__ = ("acquirer", "amount", "application", "contract", "currency", "expiry", "pan",
+                 "stand_in", "started", "terminal", "wire")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.pan = ""
+        self.expiry: str | None = None
+        self.amount: int | None = None
+        self.currency: int | None = None
+        self.terminal = ""
+        self.contract = ""
+        self.application: str | None = None
+        self.acquirer: AcquirerSettings | None = None
+        self.wire: bytes | None = None
+        self.stand_in = False
+
+
+def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any = None,
+                   pan_key: PanHmacKey | None = None, registry: Any = None,
+                   spool: Any = None, routes_path: str | Path | None = None) -> AuthServices:
+    """The dialogue's services from settings; `pool` None = no database (config directory,
+    no SAF, so no stand-in; the log goes to `spool` if given)."""
+    metrics = RoutingMetrics(registry)
+    names = [a.name for a in settings.acquirers]
+    router = Router(routes_path or settings.path, names)
+    links = {a.name: AcquirerLink(a, metrics) for a in settings.acquirers}
+    a = settings.authlog
+    authlog = AuthLogWriter(pool, spool, max_queue=a.queue, batch=a.batch,
+                            flush_interval=a.flush_interval,
+                            on_spooled=metrics.authlog_spooled.inc) if (pool or spool) else None
+    saf = SafStore(pool, sealer) if pool is not None and sealer is not None else None
+    return AuthServices(settings=settings, router=router, links=links,
+                        directory=Directory(settings, pool), metrics=metrics,
+                        authlog=authlog, saf=saf, pan_key=pan_key)
+
+
+def register(registry: Any, services: AuthServices) -> Authorizer:
+    """Route 0100/0101 of every session to the authorization dialogue."""
+    authorizer = Authorizer(services)
+    registry.register(AUTH_MTIS, authorizer)
+    return authorizer

@@ -1,0 +1,164 @@
+"""The authorization dialogue end to end: a terminal over CBCOM -> switchd -> acquirer
+simulator on a real socket, and back; with PostgreSQL for the directory, SAF and the log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from passerelle.sim.acquirer import Rules
+from passerelle.sim.terminal import Terminal
+from tests.integration.auth_helpers import (
+    PAN,
+    answer_of,
+    auth_request,
+    auth_stack,
+    setup_directory,
+)
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _ask(port: int, *requests: bytes) -> list[Any]:
+    async with await Terminal.dial_cbcom("127.0.0.1", port) as tpe:
+        return [answer_of(await tpe.exchange(request)) for request in requests]
+
+
+@pytest.mark.parametrize("profile", ["iso93-binary", "iso87-ascii", "cb2a"])
+def test_approve_and_decline_through_each_acquirer_profile(tmp_path: Path, profile: str) -> None:
+    async def scenario() -> None:
+        rules = {"acq-a": Rules(decline_above=50_000), "acq-b": Rules()}
+        async with auth_stack(tmp_path, rules=rules, profiles={"acq-a": profile}) as stack:
+            approved, declined = await _ask(stack.port, auth_request(stan=1, amount=1500),
+                                            auth_request(stan=2, amount=60_000))
+            assert approved.mti == "0110"
+            assert approved.get(39) == "00"
+            assert approved.get(38) == "100001"
+            assert approved.get(55) == (("0091", bytes.fromhex("07FAAFB2E41926243030")),)
+            assert approved.get(11) == "000001" and approved.get(2) == PAN
+            assert 59 in approved and all(tag != "0101" for tag, _ in approved.get(59))
+            assert declined.get(39) == "51"
+            assert 38 not in declined and 55 not in declined
+            assert stack.sims["acq-a"].requests[
+                "1100" if profile == "iso93-binary" else "0100"] == 2
+            assert stack.sims["acq-b"].approved == 0
+
+    run(scenario())
+
+
+def test_validation_codes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with auth_stack(tmp_path) as stack:
+            bad_luhn = PAN[:-1] + str((int(PAN[-1]) + 1) % 10)
+            answers = await _ask(
+                stack.port,
+                auth_request(stan=1, expiry="2001"),  # expired
+                auth_request(stan=2, pan=bad_luhn),
+                auth_request(stan=3, terminal="NOBODY01"),  # unknown terminal
+                auth_request(stan=4, contract="7654321"),  # not the terminal's contract
+                auth_request(stan=5, amount=0),
+                auth_request(stan=6, currency="840"),
+            )
+            assert [a.get(39) for a in answers] == ["54", "14", "03", "03", "13", "12"]
+            assert sum(sim.requests["1100"] for sim in stack.sims.values()) == 0
+
+    run(scenario())
+
+
+def test_format_error_names_the_field(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with auth_stack(tmp_path) as stack:
+            bad_expiry = auth_request(stan=9, expiry="2613")  # month 13
+            truncated = auth_request(stan=10)[:-20]
+            answers = await _ask(stack.port, bad_expiry, truncated)
+            assert answers[0].get(39) == "30"
+            assert answers[0].get(44) == (("AA", "01400"),)
+            assert answers[1].get(39) == "30"
+            assert answers[1].get(44)[0][0] == "AA"
+            assert answers[1].get(11) == "000010"
+
+    run(scenario())
+
+
+def test_failover_to_the_next_acquirer_then_stand_in(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with auth_stack(tmp_path) as stack:
+            await stack.sims["acq-a"].stop()
+            (first,) = await _ask(stack.port, auth_request(stan=1))
+            assert first.get(39) == "00"
+            assert stack.sims["acq-b"].approved == 1
+            await stack.sims["acq-b"].stop()
+            # No database in this stack: no SAF, so no stand-in: 91.
+            started = time.monotonic()
+            (second,) = await _ask(stack.port, auth_request(stan=2))
+            assert second.get(39) == "91"
+            assert time.monotonic() - started < 2.0
+
+    run(scenario())
+
+
+def test_timeout_answers_before_the_deadline_and_reverses(tmp_path: Path, db_dsn: str) -> None:
+    setup_directory(db_dsn)
+
+    async def scenario() -> None:
+        rules = {"acq-a": Rules(faults={1500: "delay"}, fault_delay=0.8),
+                 "acq-b": Rules(faults={1500: "drop"})}
+        async with auth_stack(tmp_path, rules=rules, dsn=db_dsn, deadline=1.5) as stack:
+            started = time.monotonic()
+            (answer,) = await _ask(stack.port, auth_request(stan=7, amount=1500))
+            elapsed = time.monotonic() - started
+            assert elapsed < 1.5
+            # Both timed out: stand-in under the 30.00 EUR floor limit, advice queued.
+            assert answer.get(39) == "00"
+            assert answer.get(38).startswith("S")
+            for name in ("acq-a", "acq-b"):
+                await _until(lambda n=name: stack.sims[n].received["reversal"].total() == 1)
+            await _until(lambda: stack.sims["acq-a"].received["advice"].total() == 1)
+            # acq-a's late approval arrived after its timeout: a stray, not an answer.
+            await _until(lambda: stack.services.links["acq-a"].mux.strays["late"] == 1)
+            await stack.services.authlog.flush()
+        with psycopg.connect(db_dsn) as conn:
+            rows = conn.execute("SELECT pan_masked, response_code, stand_in, amount, acquirer,"
+                                " length(pan_hmac) FROM authorizations").fetchall()
+            saf = conn.execute("SELECT kind, count(*) FROM saf WHERE delivered_at IS NOT NULL"
+                               " GROUP BY kind ORDER BY kind").fetchall()
+        assert rows == [(f"{PAN[:6]}******{PAN[-4:]}", "00", True, 1500, "acq-a", 32)]
+        assert saf == [("advice", 1), ("reversal", 2)]
+
+    run(scenario())
+
+
+def test_stand_in_above_the_floor_limit_is_refused(tmp_path: Path, db_dsn: str) -> None:
+    setup_directory(db_dsn)
+
+    async def scenario() -> None:
+        async with auth_stack(tmp_path, dsn=db_dsn) as stack:
+            for sim in stack.sims.values():
+                await sim.stop()
+            await _until(lambda: not any(link.up for link in stack.services.links.values()))
+            small, large = await _ask(stack.port, auth_request(stan=1, amount=2999),
+                                      auth_request(stan=2, amount=3001))
+            assert small.get(39) == "00" and small.get(38).startswith("S")
+            assert large.get(39) == "91"
+
+    run(scenario())
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    """Poll a condition driven by real sockets (bounded; the poll is not the sync point)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
