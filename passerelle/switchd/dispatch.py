@@ -29,6 +29,7 @@ terminal's messages in order.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -38,7 +39,11 @@ from passerelle.codecs.profiles import get_profile
 from passerelle.switchd.metrics import Metrics
 
 Answer = bytes | None
-Handler = Callable[[Message, "SessionContext"], Answer | Awaitable[Answer]]
+# A handler may also return (answer, result): `result` (the response code it chose) labels
+# the messages metric without parsing the answer again.
+Labelled = tuple[bytes | None, str]
+Handler = Callable[[Message, "SessionContext"],
+                   Answer | Labelled | Awaitable[Answer] | Awaitable[Labelled]]
 
 # Never echoed in a generated reject: sensitive (track data, PIN block) or request-only.
 _NOT_ECHOED = (35, 36, 45, 52, 55)
@@ -64,6 +69,7 @@ class SessionContext:
         self.busy = False
 
 
+@functools.lru_cache(maxsize=512)
 def response_mti(mti: str) -> str | None:
     """The response MTI of a request/advice/notification MTI; None for anything else.
 
@@ -84,18 +90,21 @@ class Registry:
     """MTI (and optionally session mode) -> dialogue handler."""
 
     def __init__(self) -> None:
-        self._handlers: dict[tuple[str | None, str], Handler] = {}
+        self._handlers: dict[str, dict[str | None, Handler]] = {}
 
     def register(self, mtis: Iterable[str], handler: Handler, *, mode: str | None = None) -> None:
         """Route `mtis` to `handler`; with `mode`, only for sessions in that mode."""
         for mti in mtis:
-            self._handlers[mode, mti] = handler
+            self._handlers.setdefault(mti, {})[mode] = handler
 
     def lookup(self, mti: str, mode: str | None) -> Handler | None:
-        return self._handlers.get((mode, mti)) or self._handlers.get((None, mti))
+        by_mode = self._handlers.get(mti)
+        if by_mode is None:
+            return None
+        return by_mode.get(mode) or by_mode.get(None)
 
 
-def echo(message: Message, context: SessionContext) -> Answer:
+def echo(message: Message, context: SessionContext) -> Labelled:
     """Network-management echo: 0800 -> 0810 and 0804 (24 = 831) -> 0814, with 39=00."""
     mti = message.mti
     answer = response_mti(mti)
@@ -103,7 +112,7 @@ def echo(message: Message, context: SessionContext) -> Answer:
     code = "00"
     if mti[2:] == "04" and 24 in message and message.get(24) != "831":
         code = "12"
-    return message.respond(answer, {39: code})
+    return message.respond(answer, {39: code}), code
 
 
 def default_registry() -> Registry:
@@ -137,30 +146,28 @@ class Dispatcher:
             answer = handler(message, context)
         except CodecError as error:
             return self._format_error(error, context, message)
-        if inspect.isawaitable(answer):
+        kind = type(answer)
+        if kind is not bytes and kind is not tuple and answer is not None \
+                and inspect.isawaitable(answer):
             return self._await(answer, message, context)
-        self._count(mti, answer, context)
-        return answer
+        return self._count(mti, answer, context)  # type: ignore[arg-type]
 
-    async def _await(self, answer: Awaitable[Answer], message: Message,
+    async def _await(self, answer: Awaitable[Answer | Labelled], message: Message,
                      context: SessionContext) -> Answer:
         try:
             result = await answer
         except CodecError as error:
             return self._format_error(error, context, message)
-        self._count(message.mti, result, context)
-        return result
+        return self._count(message.mti, result, context)
 
-    def _count(self, mti: str, answer: Answer, context: SessionContext) -> None:
-        result = "no_answer"
-        if answer is not None:
-            try:
-                reply = Message.parse(answer, context.profile)
-                result = str(reply.get(39)) if 39 in reply else "answered"
-            except CodecError:
-                result = "answered"
+    def _count(self, mti: str, answer: Answer | Labelled, context: SessionContext) -> Answer:
+        if type(answer) is tuple:
+            answer, result = answer
+        else:
+            result = "no_answer" if answer is None else "answered"
         self.metrics.message(mti, result)
         context.log.debug("cb2a.dialogue", mti=mti, result=result)
+        return answer  # type: ignore[return-value]
 
     def _unsupported(self, message: Message, context: SessionContext) -> Answer:
         mti = message.mti

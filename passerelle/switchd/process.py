@@ -52,6 +52,9 @@ class SwitchdProcess:
 
     def __init__(self, settings: dict[str, Any], workdir: Path, *,
                  env: dict[str, str] | None = None, ready_timeout: float = 20.0) -> None:
+        level = settings.get("logging", {}).get("level", "info")
+        if level not in ("debug", "info"):
+            raise ValueError(f"logging.level {level!r} would hide the switchd.ready event")
         self.config_path = workdir / "switchd.toml"
         self.config_path.write_text(to_toml(settings))
         self.env = {**os.environ, **(env or {})}

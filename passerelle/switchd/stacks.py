@@ -116,7 +116,6 @@ class _CbcomUser(Stack):
         conn = self.conn
         for event in events:
             if isinstance(event, cs.Message):
-                self.metrics.frame("cb2a", "in")
                 conn.deliver(event.apdu)
             elif isinstance(event, cs.Connected):
                 proto = event.protocol
@@ -144,7 +143,7 @@ class _CbcomUser(Stack):
 class CbcomStack(_CbcomUser):
     """4-byte length + CBCOM IPDU, over TCP or inside TLS."""
 
-    __slots__ = ("_framer", "_open")
+    __slots__ = ("_framer", "_open", "_receiving")
 
     def __init__(self, conn: Connection, listener: Listener) -> None:
         super().__init__(conn, listener)
@@ -152,6 +151,7 @@ class CbcomStack(_CbcomUser):
         self.session = cs.CbcomSession(cs.Role.SERVER, self._cbcom_config(),
                                        now=self.loop.time())
         self._open = False
+        self._receiving = False  # answers given while True leave in one write at the end
 
     def receive(self, data: bytes) -> None:
         now = self.loop.time()
@@ -161,33 +161,38 @@ class CbcomStack(_CbcomUser):
             self.metrics.error("framing", "too_long")
             self._after(self.session.abort(cbcom.CODE_APDU_LENGTH, str(error)))
             return
-        for frame in frames:
-            self.metrics.frame("cbcom", "in")
-            if self._after(self.session.receive_ipdu(frame, now)):
-                return
+        self._receiving = True
+        try:
+            for frame in frames:
+                self.metrics.frame("cbcom", "in")
+                if self._session_events(self.session.receive_ipdu(frame, now)):
+                    self._flush()
+                    self.conn.close("cbcom session over")
+                    return
+        finally:
+            self._receiving = False
+        self._flush()
 
-    def _after(self, events: list[cs.Event]) -> bool:
+    def _after(self, events: list[cs.Event]) -> None:
         over = self._session_events(events)
         self._flush()
         if over:
             self.conn.close("cbcom session over")
-        return over
 
     def _flush(self) -> None:
         ipdus = self.session.ipdus_to_send()
         if ipdus:
-            for _ in ipdus:
-                self.metrics.frame("cbcom", "out")
-            self.conn.write(b"".join(frame4(ipdu) for ipdu in ipdus))
+            self.metrics.frame("cbcom", "out", len(ipdus))
+            self.conn.write(b"".join([frame4(ipdu) for ipdu in ipdus]))
 
     def _connected(self, mode: str) -> None:
         self._open = True
         super()._connected(mode)
 
     def answer(self, payload: bytes) -> None:
-        self.metrics.frame("cb2a", "out")
         self.session.send_message(payload, self.loop.time())
-        self._flush()
+        if not self._receiving:
+            self._flush()
 
     def deadline(self) -> float:
         return self._session_deadline()
@@ -284,7 +289,6 @@ class XotStack(_CbcomUser):
     def answer(self, payload: bytes) -> None:
         if self.session is None:
             return
-        self.metrics.frame("cb2a", "out")
         now = self.loop.time()
         self.session.send_message(payload, now)
         self._flush(now)
