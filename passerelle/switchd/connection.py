@@ -71,6 +71,7 @@ class Connection(asyncio.Protocol):
             metrics.connections_refused.labels(listener.name, reason).inc()
             listener.log.warning("conn.refused", peer=self.peer, reason=reason)
             self.closed = True
+            self.reason = f"refused: {reason}"
             transport.abort()
             return
         listener.connections.add(self)
@@ -80,12 +81,18 @@ class Connection(asyncio.Protocol):
         self.log.info("conn.accepted")
         now = listener.daemon.loop.time()
         self.handshake_deadline = now + listener.daemon.settings.switchd.handshake_timeout
-        if listener.settings.proxy_protocol:
-            self._proxy_buf = bytearray()
-        elif listener.ssl_context is not None:
-            self.tls = TLSLayer(listener.ssl_context)
-        else:
-            self._start_stack()
+        try:
+            if listener.settings.proxy_protocol:
+                self._proxy_buf = bytearray()
+            elif listener.ssl_context is not None:
+                self.tls = TLSLayer(listener.ssl_context)
+            else:
+                self._start_stack()
+        except Exception:
+            metrics.error("switchd", "internal")
+            self.log.exception("conn.internal_error")
+            self.abort("internal error")
+            return
         self._refresh_deadline()
 
     def data_received(self, data: bytes) -> None:

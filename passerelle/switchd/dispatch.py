@@ -104,8 +104,7 @@ class Registry:
         return by_mode.get(mode) or by_mode.get(None)
 
 
-def echo(message: Message, context: SessionContext) -> Labelled:
-    """Network-management echo: 0800 -> 0810 and 0804 (24 = 831) -> 0814, with 39=00."""
+def _echo(message: Message) -> Labelled:
     mti = message.mti
     answer = response_mti(mti)
     assert answer is not None
@@ -115,10 +114,20 @@ def echo(message: Message, context: SessionContext) -> Labelled:
     return message.respond(answer, {39: code}), code
 
 
+def echo(message: Message, context: SessionContext) -> Answer:
+    """Network-management echo: 0800 -> 0810 and 0804 (24 = 831) -> 0814, with 39=00."""
+    return _echo(message)[0]
+
+
+def _labelled_echo(message: Message, context: SessionContext) -> Labelled:
+    """`echo`, telling the dispatcher its response code (no second parse for the metric)."""
+    return _echo(message)
+
+
 def default_registry() -> Registry:
     """The registry switchd starts with: only the echo dialogue."""
     registry = Registry()
-    registry.register(("0800", "0804", "1800", "1804"), echo)
+    registry.register(("0800", "0804", "1800", "1804"), _labelled_echo)
     return registry
 
 
