@@ -14,6 +14,7 @@ middle of a file, declare wrong totals, end a file early.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,7 +114,7 @@ class Batch:
 class Faults:
     """What goes wrong, on the first attempt only unless said otherwise."""
 
-    lose_0516: int = 0  # hang up right after sending 0506 this many times, then retry
+    lose_0516: int = 0  # hang up right after the first N 0506 of the run, then retry
     disconnect_after: int | None = None  # hang up after this many 0246 (first attempt)
     wrong_totals: bool = False  # declare purchases 1 cent more than the transactions hold
     end_early: int = 0  # send 0506 this many 0246 before the announced count (no retry)
@@ -300,7 +301,8 @@ async def _send_file(terminal: Terminal, result: FileResult, *, faults: Faults,
             if answer_mti != "0256" or code != "00" or int(ack.get(71)) != number:
                 raise Refusal(answer_mti, code)
     end = end_message(batch, wrong_totals=faults.wrong_totals)
-    if faults.lose_0516 > result.attempts - 1:
+    if faults.lose_0516 > 0:
+        faults.lose_0516 -= 1  # `faults` is the run's own copy
         terminal.send(end)
         terminal.abort()  # the 0516 will be "lost": we never read it
         raise SessionEnded("0516 lost (fault)")
@@ -335,7 +337,7 @@ async def telecollecte(connect: Callable[[], Awaitable[Terminal]], batches: Sequ
     Returns one result per batch; a batch that was never acknowledged after `attempts`
     sessions has `code` None.
     """
-    faults = faults or Faults()
+    faults = dataclasses.replace(faults or Faults())  # counted down as faults happen
     results = [FileResult(batch) for batch in batches]
     for attempt in range(attempts):
         if all(r.code is not None or r.refused_by is not None for r in results):

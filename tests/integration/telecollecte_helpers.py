@@ -122,7 +122,7 @@ class GatewayProcess:
         self._changed = threading.Condition()
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
-        self.proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "passerelle.switchd.gateway", "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ})

@@ -1,0 +1,38 @@
+"""`mpctl demo` end to end, as the README's first command runs it (a tiny fleet)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from passerelle.storage.pan import luhn_valid
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def test_mpctl_demo_collects_remises_on_the_embedded_database_and_stops(tmp_path: Path
+                                                                        ) -> None:
+    state = tmp_path / "demo"
+    run = subprocess.run(
+        [sys.executable, "-c", "from passerelle.cli.main import main; main()", "demo",
+         "--terminals", "5", "--days", "2", "--metrics-port", "0", "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=200, check=False)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    match = re.search(r"(\d+) remises \((\d+) transactions\) acknowledged .*; 0 not", out)
+    assert match, out
+    stored = re.findall(r"^  (CBEMV|CBCLESS|AMEX|CONECS)\s+(\d+)\s+(\d+)", out, re.MULTILINE)
+    assert sum(int(n) for _, n, _ in stored) == int(match[1])  # every one is in PostgreSQL
+    assert sum(int(t) for _, _, t in stored) == int(match[2])
+    assert "metrics" in out and "mpctl" in out and "db retention" in out
+    assert "stopping switchd" in out
+    # Everything stopped: no postmaster left on the demo's data directory.
+    assert not (state / "pgdata" / "postmaster.pid").exists()
+    log = (state / "switchd.log").read_text()
+    assert "telecollecte.remise_stored" in log
+    assert not [run for run in re.findall(r"\d{12,19}", log) if luhn_valid(run)]
