@@ -112,7 +112,8 @@ async def auth_stack(tmp: Path, *, rules: dict[str, Rules] | None = None,
                      profiles: dict[str, str] | None = None, dsn: str | None = None,
                      routes: str = ROUTES, deadline: float = 2.0,
                      acquirer_extra: dict[str, Any] | None = None,
-                     saf_interval: float = 0.05) -> AsyncIterator[Stack]:
+                     saf_interval: float = 0.05,
+                     terminals: tuple[str, ...] = (TERMINAL,)) -> AsyncIterator[Stack]:
     rules = rules or {"acq-a": Rules(decline_above=100_000), "acq-b": Rules()}
     profiles = profiles or {}
     sims = {name: AcquirerSimulator(profiles.get(name, "iso93-binary"), 2, rule)
@@ -127,7 +128,8 @@ async def auth_stack(tmp: Path, *, rules: dict[str, Rules] | None = None,
                                      **(acquirer_extra or {}))
                       for name, sim in sims.items()],
         "authorization": {"deadline": deadline, "min_attempt": 0.1,
-                          "terminals": [{"terminal_id": TERMINAL, "contract": CONTRACT}],
+                          "terminals": [{"terminal_id": t, "contract": CONTRACT}
+                                        for t in terminals],
                           "contracts": [{"number": CONTRACT}]},
         "saf": {"interval": saf_interval, "backoff_min": 0.05, "backoff_max": 0.2,
                 "attempt_timeout": 0.5},
