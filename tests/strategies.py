@@ -191,23 +191,17 @@ def tracks2(draw: st.DrawFn, pan: str | None = None) -> str:
     return f"{pan}={expiry}{service}{tail}"
 
 
-_DIGIT_RUN = re.compile(r"\d{13,}")
+_DIGIT_RUN = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
 
 
 def full_pans_in(text: str) -> list[str]:
-    """Luhn-valid 13-19 digit windows of `text`'s digit runs that start with 2-6.
+    """Digit runs of `text` (13-19 digits, not part of a longer run) that look like a card
+    number: Luhn-valid and starting with a scheme digit (2-6).
 
-    Windows starting with 0, 1, 7, 8 or 9 are left out: zero-filled numerics (field 53,
-    amounts) are Luhn-valid yet no card number starts that way in our tests.
+    Zero-filled numerics (field 53, amounts) are Luhn-valid yet start with 0; windows inside
+    longer runs are not searched, as any long numeric would yield false positives.
     """
-    found = []
-    for run in _DIGIT_RUN.findall(text):
-        for size in range(13, min(19, len(run)) + 1):
-            for start in range(len(run) - size + 1):
-                window = run[start : start + size]
-                if window[0] in "23456" and luhn_ok(window):
-                    found.append(window)
-    return found
+    return [run for run in _DIGIT_RUN.findall(text) if run[0] in "23456" and luhn_ok(run)]
 
 
 # -- synthetic profiles ------------------------------------------------------------------
