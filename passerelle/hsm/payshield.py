@@ -181,7 +181,8 @@ class PayShieldHSM:
     async def command(self, command: bytes, fields: bytes = b"") -> tuple[str, wire.Reader]:
         """Send one command; returns the error code and a reader over the answer's fields."""
         try:
-            payload = await asyncio.wait_for(self._exchange(command, fields), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                payload = await self._exchange(command, fields)
         except TimeoutError:
             log.warning("hsm.payshield_timeout", command=command.decode(), timeout=self.timeout)
             raise HSMTimeoutError(

@@ -5,7 +5,8 @@ algorithms, under a simulated LMK: keys travel as "S" + TR-31 version D key bloc
 under an AES-256 LMK, so a token is bound to its usage exactly as a key-block LMK does.
 Each request is answered by its own task, so a slow command does not hold up the ones
 behind it and answers may come back out of order, as from a real multi-threaded HSM; the
-client matches them by header. `delay` lets tests and benchmarks add latency per request.
+client matches them by header. `delay` adds latency per request: seconds, or an awaitable
+that holds the answer until it completes.
 
     python -m passerelle.sim.payshield --port 1500 [--lmk-file lmk.hex]
 """
@@ -15,8 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from passerelle.hsm import emv, engine, keys, tr31
 from passerelle.hsm import payshield_wire as wire
@@ -57,12 +59,13 @@ class PayShieldSimulator:
         *,
         lmk: bytes | None = None,
         header_length: int = 4,
-        delay: Callable[[bytes], float] | None = None,
+        delay: Callable[[bytes], float | Awaitable[object]] | None = None,
     ) -> None:
         self.lmk = lmk or secrets.token_bytes(32)
         self.header_length = header_length
         self.delay = delay
         self.requests = 0
+        self._keys: dict[tuple[str, str], ClearKey] = {}  # unwrapped LMK tokens
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,12 +89,19 @@ class PayShieldSimulator:
         return "S" + block
 
     def _unwrap(self, token: str, label: str) -> ClearKey:
+        cached = self._keys.get((token, label))
+        if cached is not None:
+            return cached
         header, value = tr31.unwrap(self.lmk, token)
         key_type = keys.TR31_USAGE.get(header.usage)
         algorithm = keys.TR31_ALGORITHM.get(header.algorithm)
         if key_type is None or algorithm is None:
             raise WrongKeyTypeError(label, header.usage, "a usable key")
-        return ClearKey(label, key_type, algorithm, value)
+        key = ClearKey(label, key_type, algorithm, value)
+        if len(self._keys) >= 4096:  # a real HSM has the key cache in hardware; keep ours small
+            self._keys.clear()
+        self._keys[(token, label)] = key
+        return key
 
     # --- server ---
 
@@ -133,7 +143,9 @@ class PayShieldSimulator:
         self.requests += 1
         if self.delay is not None:
             pause = self.delay(payload)
-            if pause > 0:
+            if inspect.isawaitable(pause):
+                await pause  # held until the test says so
+            elif pause > 0:
                 await asyncio.sleep(pause)
         answer = self.handle(payload)
         if answer is not None and not writer.is_closing():

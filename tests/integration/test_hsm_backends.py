@@ -599,23 +599,28 @@ def test_payshield_connection_lost_fails_pending_requests() -> None:
 
 def test_payshield_pipelining_out_of_order_and_many_connections() -> None:
     async def body() -> None:
-        sim = PayShieldSimulator(delay=lambda payload: 0.5 if b"slow" in payload else 0.0)
+        release = asyncio.Event()
+        sim = PayShieldSimulator(delay=lambda p: release.wait() if b"slow" in p else 0.0)
         host, port = await sim.start()
-        token = sim.wrap_key(KeyType.MAC, Algorithm.AES, CMAC_KEY)
-        hsm = PayShieldHSM(host, port, keys={"cmac": token}, connections=3, timeout=5.0)
+        keys_ = {"cmac": sim.wrap_key(KeyType.MAC, Algorithm.AES, CMAC_KEY)}
         cmac = MacAlgorithm.AES_CMAC
-        slow = asyncio.create_task(hsm.generate_mac("cmac", b"slow", cmac))
-        fast = asyncio.create_task(hsm.generate_mac("cmac", b"fast", cmac))
-        done, _ = await asyncio.wait({slow, fast}, return_when=asyncio.FIRST_COMPLETED)
-        assert done == {fast}  # the answer behind the slow one was not held up
-        messages = [f"message {i}".encode() for i in range(300)]
-        macs = await asyncio.gather(*(hsm.generate_mac("cmac", m, cmac) for m in messages))
-        assert macs == [mac_algorithms.aes_cmac(CMAC_KEY, m)[:8] for m in messages]
+        one = PayShieldHSM(host, port, keys=keys_, connections=1, timeout=5.0)
+        slow = asyncio.create_task(one.generate_mac("cmac", b"slow", cmac))
+        fast = await one.generate_mac("cmac", b"fast", cmac)  # same connection, answered first
+        assert fast == mac_algorithms.aes_cmac(CMAC_KEY, b"fast")[:8]
+        assert not slow.done()
+        release.set()
         assert await slow == mac_algorithms.aes_cmac(CMAC_KEY, b"slow")[:8]
-        assert sim.connections == 3
-        info = await hsm.diagnostics()
+        await one.close()
+
+        many = PayShieldHSM(host, port, keys=keys_, connections=3, timeout=5.0)
+        messages = [f"message {i}".encode() for i in range(300)]
+        macs = await asyncio.gather(*(many.generate_mac("cmac", m, cmac) for m in messages))
+        assert macs == [mac_algorithms.aes_cmac(CMAC_KEY, m)[:8] for m in messages]
+        assert sim.connections == 1 + 3
+        info = await many.diagnostics()
         assert info["firmware"] and len(info["lmk_check"]) == 16
-        await hsm.close()
+        await many.close()
         await sim.stop()
 
     asyncio.run(body())
@@ -629,9 +634,15 @@ def test_pkcs11_unreachable_and_timeouts(softhsm_token: str, tmp_path: Path) -> 
 
     async def body() -> None:
         hsm = Pkcs11HSM(SOFTHSM_LIB, softhsm_token, USER_PIN, timeout=0.2)
-        gate = threading.Event()
+        gate, started = threading.Event(), threading.Event()
+
+        def hang() -> None:  # a token call that does not return until we say so
+            started.set()
+            gate.wait()
+
         try:
-            busy = asyncio.create_task(hsm._run(gate.wait))  # a token call that hangs
+            busy = asyncio.create_task(hsm._run(hang))
+            assert await asyncio.to_thread(started.wait, 5.0)  # the worker is inside it
             start = time.monotonic()
             with pytest.raises(HSMTimeoutError, match=r"did not answer within 0\.2s"):
                 await hsm.list_keys()
