@@ -115,6 +115,7 @@ class AcquirerSimulator:
         self.connections = 0
         self.requests: Counter[str] = Counter()  # by MTI
         self.received: dict[str, Counter[Any]] = {"advice": Counter(), "reversal": Counter()}
+        self.arrivals: list[tuple[str, Any]] = []  # advices and reversals, in arrival order
         self.approved = 0
         self._approval = itertools.count(100001)
         self._pending: set[asyncio.TimerHandle] = set()
@@ -195,7 +196,9 @@ class AcquirerSimulator:
                                          else "00"})
         if function in ("420", "421", "120", "121"):
             kind = "reversal" if function.startswith("42") else "advice"
-            self.received[kind][translate.key_of(request)] += 1
+            key = translate.key_of(request)
+            self.received[kind][key] += 1
+            self.arrivals.append((kind, key))
             return request.respond(out, {39: self._code("00")})
         if function not in ("100", "101"):
             return None

@@ -1,0 +1,159 @@
+"""SAF shared by two switchd nodes (exactly once, in order) and the authorization log when
+the database is away (spooled, then replayed). Real PostgreSQL, real acquirer sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from passerelle.codecs.iso8583 import Message
+from passerelle.codecs.profiles import get_profile
+from passerelle.routing import translate
+from passerelle.routing.link import AcquirerLink
+from passerelle.routing.settings import AcquirerSettings
+from passerelle.sim.acquirer import AcquirerSimulator
+from passerelle.storage.authlog import AuthLogWriter, AuthRecord
+from passerelle.storage.db import StorageSettings, open_pool
+from passerelle.storage.saf import AesGcmSealer, SafItem, SafStore
+from passerelle.storage.spool import Spool
+from tests.integration.auth_helpers import CB2A, auth_request
+
+pytestmark = pytest.mark.integration
+DOWN_DSN = "host=127.0.0.1 port=1 user=postgres dbname=postgres"
+FAST = StorageSettings(connect_timeout_s=1, pool_min_size=0, pool_max_size=4)
+
+
+def test_two_nodes_deliver_every_saf_message_once_and_in_order(db_dsn: str) -> None:
+    async def scenario() -> None:
+        sim = AcquirerSimulator("iso93-binary", 2)
+        port = await sim.start()
+        acquirer = AcquirerSettings(name="acq-a", host="127.0.0.1", port=port)
+        sealer = AesGcmSealer(os.urandom(32))
+        pools = [open_pool(db_dsn), open_pool(db_dsn)]
+        links = [AcquirerLink(acquirer), AcquirerLink(acquirer)]
+        try:
+            for pool, link in zip(pools, links, strict=True):
+                await pool.open()
+                link.start()
+                assert await link.wait_up(5)
+            stores = [SafStore(pool, sealer) for pool in pools]
+            expected = []
+            now = datetime.now(UTC)
+            for stan in range(1, 121):
+                request = Message.parse(auth_request(stan=stan), CB2A)
+                wire, _ = translate.to_acquirer(request, acquirer, now)
+                kind = "reversal" if stan % 3 else "advice"
+                message, key = translate.follow_up(wire, acquirer, kind)
+                store = stores[stan % 2]
+                assert await store.enqueue("acq-a", kind, "|".join(key), message)
+                assert not await store.enqueue("acq-a", kind, "|".join(key), message)
+                expected.append((kind, translate.key_of(Message.parse(
+                    message, get_profile("iso93-binary")))))
+
+            def sender(link: AcquirerLink):
+                async def send(item: SafItem) -> None:
+                    request = Message.parse(item.payload, link.profile)
+                    key = translate.key_of(request, translate.answer_mti(request.mti))
+                    answer = await link.request(item.payload, key, 2.0)
+                    assert answer.get(39) == "000"
+                return send
+
+            async def node(store: SafStore, link: AcquirerLink) -> int:
+                done = 0
+                for _ in range(200):
+                    done += await store.deliver("acq-a", sender(link), limit=7)
+                    if sim.received["advice"].total() + sim.received["reversal"].total() >= 120:
+                        break
+                    await asyncio.sleep(0.005)
+                return done
+
+            counts = await asyncio.gather(*(node(s, lk) for s, lk in
+                                            zip(stores, links, strict=True)))
+            assert sum(counts) == 120
+            assert sim.arrivals == expected  # every message once, in queue order
+            assert await stores[0].depth() == {}
+        finally:
+            for link in links:
+                await link.close()
+            for pool in pools:
+                await pool.close()
+            await sim.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_refused_message_backs_off_and_holds_back_the_ones_behind_it(db_dsn: str) -> None:
+    async def scenario() -> None:
+        async with open_pool(db_dsn) as pool:
+            store = SafStore(pool, AesGcmSealer(os.urandom(32)))
+            for n in range(3):
+                await store.enqueue("acq-b", "advice", f"k{n}", f"message {n}".encode())
+            seen: list[str] = []
+
+            async def refuse_first(item: SafItem) -> None:
+                seen.append(item.message_key)
+                if item.message_key == "k0" and item.attempts < 2:
+                    raise RuntimeError("acquirer said 909")
+
+            assert await store.deliver("acq-b", refuse_first, backoff_min=0.01) == 0
+            assert seen == ["k0"]
+            # Refused again, or still backing off: either way k1 and k2 wait behind k0.
+            assert await store.deliver("acq-b", refuse_first, backoff_min=0.01) == 0
+            for _ in range(100):
+                if await store.deliver("acq-b", refuse_first, backoff_min=0.01):
+                    break
+                await asyncio.sleep(0.02)
+            await store.deliver("acq-b", refuse_first)
+            assert seen[-3:] == ["k0", "k1", "k2"] and await store.depth() == {}
+        with psycopg.connect(db_dsn) as conn:
+            row = conn.execute("SELECT attempts, last_error FROM saf WHERE message_key = 'k0'"
+                               ).fetchone()
+            stored = conn.execute("SELECT payload_encrypted FROM saf").fetchall()
+        assert row == (3, "acquirer said 909")
+        assert all(b"message" not in bytes(blob) for (blob,) in stored)  # sealed at rest
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _record(n: int) -> AuthRecord:
+    return AuthRecord(
+        at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n), mti="0100",
+        terminal_serial="TPE00001", contract_number="1234567", application="CBEMV",
+        acquirer="acq-a", stan=f"{n:06d}", rrn=None, amount=n, currency=978,
+        pan_masked="497010******1234", pan_hmac=b"h" * 32, pan_hmac_key_version=1,
+        expiry="3012", response_code="00", authorization_number="123456", stand_in=False,
+        latency_ms=3)
+
+
+def test_authorization_log_spools_while_the_database_is_away(db_dsn: str,
+                                                               tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with Spool(tmp_path / "spool") as spool:
+            async with open_pool(DOWN_DSN, FAST) as down:
+                writer = AuthLogWriter(down, spool, batch=100, flush_interval=0.01)
+                writer.start()
+                for n in range(1, 451):
+                    writer.log(_record(n))
+                await writer.flush(timeout=20)
+                await writer.close()
+                assert writer.spooled == 450 and writer.written == 0
+            async with open_pool(db_dsn) as pool:
+                writer = AuthLogWriter(pool, spool, batch=100, flush_interval=0.01)
+                writer.start()
+                for n in range(451, 501):
+                    writer.log(_record(n))
+                await writer.flush()
+                assert await writer.replay() == 450
+                await writer.close()
+            assert spool.pending_records() == 0
+        with psycopg.connect(db_dsn) as conn:
+            amounts = [a for (a,) in conn.execute(
+                "SELECT amount FROM authorizations ORDER BY at").fetchall()]
+        assert amounts == list(range(1, 501))
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
