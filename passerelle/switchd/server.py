@@ -14,6 +14,7 @@ import math
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from passerelle.config import CbcomTlsListener, IsoListener, ListenerSettings, Settings
@@ -118,6 +119,8 @@ class Daemon:
             for name, listener in settings.listeners.items() if listener.enabled
         }
         self.inflight: set[asyncio.Future[Any]] = set()
+        # SIGHUP also reloads what later parts own (routes, keys): they add a callable here.
+        self.reload_hooks: list[Callable[[], None]] = []
         self.metrics_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -158,8 +161,8 @@ class Daemon:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, drain, stop."""
+        self.install_signal_handlers()  # before READY: a signal right after it is handled
         await self.start()
-        self.install_signal_handlers()
         await self._stop.wait()
         await self.stop()
 
@@ -172,6 +175,12 @@ class Daemon:
         self.log.info("switchd.reloading")
         for listener in self.listeners.values():
             listener.reload_tls()
+        for hook in self.reload_hooks:
+            try:
+                hook()
+            except Exception:  # a bad reload keeps the old state; switchd stays up
+                self.log.exception("switchd.reload_failed", hook=getattr(hook, "__qualname__",
+                                                                         repr(hook)))
         self.notifier.ready()
 
     async def stop(self) -> None:

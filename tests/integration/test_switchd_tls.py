@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from passerelle.codecs.iso8583 import Message
 from passerelle.codecs.profiles import get_profile
+from passerelle.codecs.proxy_v2 import build_proxy_header
 from passerelle.sim.terminal import SessionEnded, Terminal, echo_request
 from passerelle.switchd.process import SwitchdProcess
 
@@ -165,6 +166,41 @@ def test_tls_12_still_works_and_garbage_is_refused(pki: dict[str, object],
         assert answer == b"" or answer[0] == 0x15  # nothing, or a TLS alert record
         writer.close()
     run(scenario())
+
+
+def test_proxy_header_before_tls(pki: dict[str, object], tmp_path: Path) -> None:
+    cert, key = pki["server_cert"]  # type: ignore[misc]
+    settings = _settings(cert, key)
+    settings["listeners"]["cbcom-tls"]["proxy_protocol"] = True  # type: ignore[index]
+    with SwitchdProcess(settings, tmp_path) as process:
+        async def scenario() -> None:
+            header = build_proxy_header(("198.51.100.9", 52000), ("192.0.2.1", 4443))
+            async with await Terminal.dial_cbcom(
+                    "127.0.0.1", process.port("cbcom-tls"), proxy_header=header,
+                    tls=pki["servers"].client_context(),  # type: ignore[attr-defined]
+                    server_hostname="localhost") as tpe:
+                assert Message.parse(await tpe.exchange(echo_request(41)), CB2A).get(39) == "00"
+        run(scenario())
+        assert process.find("tls.handshake_done", peer="198.51.100.9:52000")
+
+
+def test_sighup_with_a_broken_certificate_keeps_the_old_one(pki: dict[str, object],
+                                                            tmp_path: Path) -> None:
+    cert, key = pki["server_cert"]  # type: ignore[misc]
+    live_cert = tmp_path / "live.pem"
+    live_cert.write_bytes(cert.read_bytes())
+    with SwitchdProcess(_settings(live_cert, key), tmp_path) as process:
+        live_cert.write_text("not a certificate")
+        process.signal(signal.SIGHUP)
+        process.wait_for("tls.reload_failed")
+
+        async def scenario() -> None:
+            async with await Terminal.dial_cbcom(
+                    "127.0.0.1", process.port("cbcom-tls"),
+                    tls=pki["servers"].client_context(),  # type: ignore[attr-defined]
+                    server_hostname="localhost") as tpe:
+                assert Message.parse(await tpe.exchange(echo_request(42)), CB2A).get(39) == "00"
+        run(scenario())
 
 
 def test_sighup_reloads_certificate_without_dropping_live_sessions(
