@@ -143,7 +143,6 @@ def open_pool(dsn: str, settings: StorageSettings | None = None) -> AsyncConnect
         max_size=settings.pool_max_size,
         kwargs=_connect_kwargs(settings),
         timeout=settings.connect_timeout_s,
-        check=AsyncConnectionPool.check_connection,  # a restarted server's dead sockets
         open=False,
         name="passerelle",
     )

@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 import msgspec
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from passerelle.storage.db import StorageError, translate_errors
 
@@ -241,23 +241,6 @@ class _Context(NamedTuple):
     siret: str | None
 
 
-_LOOKUP = """
-SELECT t.id, t.maker, t.itp, c.id, c.rang, c.bank_code, c.acquirer, c.label,
-       COALESCE(c.trade_name, m.trade_name), COALESCE(c.siret, m.siret)
-  FROM (SELECT 1) AS one
-  LEFT JOIN terminals t ON t.serial = %(serial)s
-  LEFT JOIN contracts c ON c.contract_number = %(contract)s AND c.application = %(application)s
-  LEFT JOIN merchants m ON m.id = c.merchant_id
-"""
-
-_CLAIM_KEY = """
-INSERT INTO remise_keys (terminal_serial, contract_number, application, remise_number,
-                         collected_at)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (terminal_serial, contract_number, application, remise_number) DO NOTHING
-RETURNING id
-"""
-
 _EXISTING = """
 SELECT k.id, r.status, r.is_correct, r.transaction_count
   FROM remise_keys k
@@ -266,6 +249,7 @@ SELECT k.id, r.status, r.is_correct, r.transaction_count
    AND k.remise_number = %s
 """
 
+_CONTEXT_COLUMNS = _Context._fields
 _REMISE_COLUMNS = (
     "id", "collected_at", "terminal_id", "terminal_serial", "maker", "itp", "contract_id",
     "contract_number", "rang", "bank_code", "application", "acquirer", "label", "trade_name",
@@ -274,10 +258,44 @@ _REMISE_COLUMNS = (
     *RemiseTotals.__struct_fields__,
     "transaction_count", "net_amount", "is_correct", "status", "spooled",
 )
-_INSERT_REMISE = (  # built from the constant column list above, no outside input
-    f"INSERT INTO remises ({', '.join(_REMISE_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join(['%s'] * len(_REMISE_COLUMNS))})"
+
+
+def _remise_source(column: str) -> str:
+    if column == "id":
+        return "claim.id"
+    if column in _CONTEXT_COLUMNS:
+        return f"ctx.{column}"
+    return f"%({column})s"
+
+
+# One round trip claims the remise: look up its terminal and contract, insert its key unless
+# it exists (waiting for a concurrent claimer to commit or roll back), insert its row if the
+# key was ours, and return the context plus the new id (NULL: unknown reference or repeat).
+# Built from the constant column lists above, no outside input.
+_CLAIM = f"""
+WITH ctx AS (
+  SELECT t.id AS terminal_id, t.maker, t.itp, c.id AS contract_id, c.rang, c.bank_code,
+         c.acquirer, c.label, COALESCE(c.trade_name, m.trade_name) AS trade_name,
+         COALESCE(c.siret, m.siret) AS siret
+    FROM (SELECT 1) AS one
+    LEFT JOIN terminals t ON t.serial = %(terminal_serial)s
+    LEFT JOIN contracts c ON c.contract_number = %(contract_number)s
+                         AND c.application = %(application)s
+    LEFT JOIN merchants m ON m.id = c.merchant_id
+), claim AS (
+  INSERT INTO remise_keys (terminal_serial, contract_number, application, remise_number,
+                           collected_at)
+  SELECT %(terminal_serial)s, %(contract_number)s, %(application)s, %(remise_number)s,
+         %(collected_at)s
+    FROM ctx WHERE ctx.terminal_id IS NOT NULL AND ctx.contract_id IS NOT NULL
+  ON CONFLICT (terminal_serial, contract_number, application, remise_number) DO NOTHING
+  RETURNING id
+), header AS (
+  INSERT INTO remises ({", ".join(_REMISE_COLUMNS)})
+  SELECT {", ".join(_remise_source(c) for c in _REMISE_COLUMNS)} FROM claim CROSS JOIN ctx
 )
+SELECT ctx.*, (SELECT id FROM claim) FROM ctx
+"""  # noqa: S608
 
 # (column, PostgreSQL type for binary COPY)
 _TX_COLUMNS = (
@@ -331,71 +349,71 @@ class RemiseWriter:
         `DatabaseUnavailable` when PostgreSQL is away (the caller spools and retries).
         """
         validate(remise)
+        what = f"storing remise {remise.remise_number} of {remise.terminal_serial!r}"
+        with translate_errors(what):
+            try:
+                return await self._store_once(remise, spooled)
+            except PoolTimeout:
+                raise  # no connection at all: the database is away
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                # A pooled connection the server dropped (restart, failover) fails on first
+                # use; the pool discards it. Storing is idempotent, so try once more.
+                return await self._store_once(remise, spooled)
+
+    async def _store_once(self, remise: Remise, spooled: bool) -> StoreOutcome:
         computed = compute_totals(remise.transactions)
         status = remise_status(remise.declared, computed, remise.currency)
         is_correct = status == STATUS_CORRECT
         key = remise.key
         collected_at = remise.collected_at.astimezone(UTC)
-        with translate_errors(f"storing remise {remise.remise_number} of {key[0]!r}"):
-            async with self.pool.connection() as conn, conn.transaction():
-                context = await self._lookup(conn, remise)
-                claimed = await (await conn.execute(_CLAIM_KEY, (*key, collected_at))).fetchone()
-                if claimed is None:
-                    existing = await self._existing(conn, remise)
-                    log.info("storage.remise_repeated", terminal=key[0], contract=key[1],
-                             application=key[2], remise=key[3], remise_id=existing.remise_id)
-                    return existing
-                remise_id = claimed[0]
-                await conn.execute(
-                    _INSERT_REMISE,
-                    (
-                        remise_id, collected_at, context.terminal_id, remise.terminal_serial,
-                        context.maker, context.itp, context.contract_id, remise.contract_number,
-                        context.rang, context.bank_code, remise.application, context.acquirer,
-                        context.label, context.trade_name, context.siret, remise.remise_number,
-                        remise.file_number, remise.ack_window, remise.currency,
-                        *msgspec.structs.astuple(remise.declared),
-                        *msgspec.structs.astuple(computed),
-                        len(remise.transactions),
-                        # net: what the merchant is credited (cancellations undo purchases)
-                        computed.purchases_amount - computed.refunds_amount
-                        - computed.cancellations_amount,
-                        is_correct, status, spooled,
-                    ),
+        async with self.pool.connection() as conn, conn.transaction():
+            params = {
+                **{f"declared_{k}": v
+                   for k, v in msgspec.structs.asdict(remise.declared).items()},
+                **msgspec.structs.asdict(computed),
+                "collected_at": collected_at,
+                "terminal_serial": remise.terminal_serial,
+                "contract_number": remise.contract_number,
+                "application": remise.application,
+                "remise_number": remise.remise_number,
+                "file_number": remise.file_number,
+                "ack_window": remise.ack_window,
+                "currency": remise.currency,
+                "transaction_count": len(remise.transactions),
+                # net: what the merchant is credited (cancellations undo purchases)
+                "net_amount": computed.purchases_amount - computed.refunds_amount
+                - computed.cancellations_amount,
+                "is_correct": is_correct,
+                "status": status,
+                "spooled": spooled,
+            }
+            row = await (await conn.execute(_CLAIM, params)).fetchone()
+            assert row is not None  # FROM ctx always yields one row
+            context, remise_id = _Context(*row[:-1]), row[-1]
+            if context.terminal_id is None:
+                raise UnknownReference(f"unknown terminal {remise.terminal_serial!r}")
+            if context.contract_id is None:
+                raise UnknownReference(
+                    f"unknown contract {remise.contract_number!r} for application "
+                    f"{remise.application!r} (terminal {remise.terminal_serial!r})"
                 )
-                if remise.transactions:
-                    rows = transaction_rows(
-                        remise, remise_id, "correct" if is_correct else "difference", context
-                    )
-                    async with conn.cursor().copy(COPY_TRANSACTIONS) as copy:
-                        copy.set_types(COPY_TYPES)
-                        for row in rows:
-                            await copy.write_row(row)
+            if remise_id is None:
+                existing = await self._existing(conn, remise)
+                log.info("storage.remise_repeated", terminal=key[0], contract=key[1],
+                         application=key[2], remise=key[3], remise_id=existing.remise_id)
+                return existing
+            if remise.transactions:
+                rows = transaction_rows(
+                    remise, remise_id, "correct" if is_correct else "difference", context
+                )
+                async with conn.cursor().copy(COPY_TRANSACTIONS) as copy:
+                    copy.set_types(COPY_TYPES)
+                    for row in rows:
+                        await copy.write_row(row)
         log.info("storage.remise_stored", terminal=key[0], contract=key[1],
                  application=key[2], remise=key[3], remise_id=remise_id,
                  transactions=len(remise.transactions), status=status, spooled=spooled)
         return StoreOutcome(remise_id, True, status, is_correct, len(remise.transactions))
-
-    @staticmethod
-    async def _lookup(conn: psycopg.AsyncConnection, remise: Remise) -> _Context:
-        cur = await conn.execute(
-            _LOOKUP,
-            {
-                "serial": remise.terminal_serial,
-                "contract": remise.contract_number,
-                "application": remise.application,
-            },
-        )
-        row = await cur.fetchone()
-        assert row is not None  # the FROM (SELECT 1) always yields one row
-        if row[0] is None:
-            raise UnknownReference(f"unknown terminal {remise.terminal_serial!r}")
-        if row[3] is None:
-            raise UnknownReference(
-                f"unknown contract {remise.contract_number!r} for application "
-                f"{remise.application!r} (terminal {remise.terminal_serial!r})"
-            )
-        return _Context(*row)
 
     @staticmethod
     async def _existing(conn: psycopg.AsyncConnection, remise: Remise) -> StoreOutcome:
