@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import psycopg
 from passerelle.config import parse_config
 from passerelle.sim.pki import DemoPki, make_pki
 from passerelle.sim.telecollecte import Batch
-from passerelle.storage.pan import mask_pan
+from passerelle.storage.pan import luhn_valid, mask_pan
 from passerelle.switchd.gateway import Gateway, TelecollecteSettings
 from passerelle.switchd.process import to_toml
 
@@ -108,6 +109,14 @@ def assert_stored_as_sent(dsn: str, batches: list[Batch]) -> None:
             assert (row["issuer"], row["product"], row["aid"]) == (tx.issuer, tx.product,
                                                                   tx.aid)
             assert row["application"] == batch.application
+
+
+def card_numbers_in(text: str, sent: list[Batch] | None = None) -> list[str]:
+    """Full card numbers found in `text`: Luhn-valid runs of 13-19 digits, and any PAN the
+    terminals sent (a 12-digit run, an RRN, is no PAN: our BINs give 15-16 digit cards)."""
+    found = [run for run in re.findall(r"(?<!\d)\d{13,19}(?!\d)", text) if luhn_valid(run)]
+    pans = {tx.pan for batch in sent or () for tx in batch.transactions}
+    return found + [pan for pan in pans if pan in text]
 
 
 class GatewayProcess:
