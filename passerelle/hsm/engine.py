@@ -12,7 +12,7 @@ import hmac
 
 from passerelle.hsm import dukpt, emv, keys, mac, pinblock
 from passerelle.hsm.base import MacAlgorithm
-from passerelle.hsm.errors import BadInputError, BadLengthError, WrongKeyTypeError
+from passerelle.hsm.errors import BadInputError, BadLengthError, WrongKeyTypeError, a
 from passerelle.hsm.keys import Algorithm, KeyType
 
 
@@ -29,10 +29,10 @@ class ClearKey:
 
     def need(self, key_type: KeyType, *algorithms: Algorithm) -> bytes:
         if self.type is not key_type:
-            raise WrongKeyTypeError(self.name, f"{self.type}", f"a {key_type} key")
+            raise WrongKeyTypeError(self.name, f"{self.type}", f"{a(key_type)} key")
         if algorithms and self.algorithm not in algorithms:
             wanted = " or ".join(f"{a}" for a in algorithms)
-            raise WrongKeyTypeError(self.name, f"{self.algorithm} {self.type}", f"a {wanted} key")
+            raise WrongKeyTypeError(self.name, f"{self.algorithm} {self.type}", f"{a(wanted)} key")
         return self.value
 
 
@@ -41,7 +41,7 @@ def _check_format(fmt: int, key: ClearKey) -> None:
         raise BadInputError(f"PIN block format {fmt} is not supported (0, 1, 3 or 4)")
     wanted = Algorithm.AES if fmt == 4 else Algorithm.TDES
     if key.algorithm is not wanted and key.type is KeyType.PIN:
-        raise WrongKeyTypeError(key.name, f"{key.algorithm}", f"a {wanted} key for format {fmt}")
+        raise WrongKeyTypeError(key.name, f"{key.algorithm}", f"{a(wanted)} key for format {fmt}")
 
 
 def pin_source_key(src: ClearKey, fmt: int, ksn: bytes | None) -> bytes:

@@ -7,6 +7,11 @@ carry key material, clear PINs or full PANs: they end up in logs and on operator
 from __future__ import annotations
 
 
+def a(word: str) -> str:
+    """'an aes', 'a tdes': the article our key words need in messages."""
+    return ("an " if word[:1].lower() in "aeio" else "a ") + word
+
+
 class HSMError(Exception):
     """Base class of every error raised by `passerelle.hsm`."""
 
@@ -25,7 +30,7 @@ class WrongKeyTypeError(HSMError):
     """The named key exists but is not usable for the requested operation."""
 
     def __init__(self, name: str, actual: str, wanted: str) -> None:
-        super().__init__(f"key {name!r} is a {actual} key; this operation needs {wanted}")
+        super().__init__(f"key {name!r} is {a(actual)} key; this operation needs {wanted}")
         self.name = name
 
 

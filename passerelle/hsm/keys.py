@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from passerelle.hsm import tdes
-from passerelle.hsm.errors import BadLengthError, WrongKeyTypeError
+from passerelle.hsm.errors import BadLengthError, WrongKeyTypeError, a
 
 
 class KeyType(enum.StrEnum):
@@ -121,7 +121,7 @@ def check_length(name: str, algorithm: Algorithm, length: int) -> None:
 
 def check_type(name: str, key_type: KeyType, algorithm: Algorithm) -> None:
     if algorithm not in ALLOWED[key_type]:
-        raise WrongKeyTypeError(name, f"{algorithm}", f"a {key_type} key")
+        raise WrongKeyTypeError(name, f"{algorithm}", f"{a(key_type)} key")
 
 
 def kcv(algorithm: Algorithm, key: bytes) -> str:

@@ -31,10 +31,12 @@ from passerelle.hsm.errors import (
     NotSupportedError,
     UnknownKeyError,
     WrongKeyTypeError,
+    a,
 )
 from passerelle.hsm.keys import Algorithm, KeyInfo, KeyType, KeyVersion
 
 log = structlog.get_logger("passerelle.hsm")
+_ALGORITHM_NAME = {"T": "tdes", "A": "aes", "H": "hmac"}
 
 
 def _raise_for(code: bytes, error: str, what: str) -> None:
@@ -188,6 +190,8 @@ class PayShieldHSM:
             raise HSMTimeoutError(
                 f"payShield {command.decode()} got no answer within {self.timeout}s"
             ) from None
+        if len(payload) < self.header_length + 4:
+            raise HSMDeviceError(f"payShield answer of {len(payload)} bytes is too short")
         _, code, rest = wire.split(payload, self.header_length)
         if code != wire.response_code(command):
             raise HSMDeviceError(f"payShield answered {code!r} to {command.decode()}")
@@ -203,7 +207,7 @@ class PayShieldHSM:
         header, _ = tr31.parse_header(token[1:])
         key_type = keys.TR31_USAGE.get(header.usage)
         if key_type not in types:
-            wanted = " or ".join(f"a {t}" for t in types) + " key"
+            wanted = " or ".join(a(t) for t in types) + " key"
             raise WrongKeyTypeError(name, f"{key_type or header.usage}", wanted)
         return token, header
 
@@ -314,7 +318,11 @@ class PayShieldHSM:
         token, header = self._token(key, KeyType.MAC)
         wanted = "T" if algorithm is MacAlgorithm.RETAIL else "A"
         if header.algorithm != wanted:
-            raise WrongKeyTypeError(key, f"{header.algorithm} mac", f"a {wanted} key")
+            raise WrongKeyTypeError(
+                key,
+                f"{_ALGORITHM_NAME.get(header.algorithm, header.algorithm)} mac",
+                f"{a(_ALGORITHM_NAME[wanted])} mac key for {algorithm}",
+            )
         if length not in (4, 8):
             raise BadLengthError(f"payShield returns a 4 or 8-byte MAC, not {length}")
         if len(data) > 0x7FFF:
@@ -362,7 +370,7 @@ class PayShieldHSM:
     ) -> bytes:
         token, header = self._token(key, KeyType.EMV_AC)
         if header.algorithm != "T":
-            raise WrongKeyTypeError(key, f"{header.algorithm} emv-ac", "a TDES key")
+            raise WrongKeyTypeError(key, f"{header.algorithm} emv-ac", "a tdes emv-ac key")
         if not (pan.isascii() and pan.isdigit() and psn.isascii() and psn.isdigit()):
             raise BadInputError("PAN and PAN sequence number must be decimal digits")
         if len(atc) != 2 or len(un) != 4 or len(arqc) != 8 or len(data) > 255:

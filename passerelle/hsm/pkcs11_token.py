@@ -44,6 +44,7 @@ from passerelle.hsm.errors import (
     UnknownKeyError,
     VerificationError,
     WrongKeyTypeError,
+    a,
 )
 from passerelle.hsm.keys import Algorithm, KeyInfo, KeyType, KeyVersion
 
@@ -224,7 +225,7 @@ class Pkcs11HSM:
     def _typed(self, name: str, key_type: KeyType, version: int | None = None) -> tuple[int, Any]:
         ver, obj, actual, _ = self._key(name, version)
         if actual != key_type:
-            raise WrongKeyTypeError(name, actual, f"a {key_type} key")
+            raise WrongKeyTypeError(name, actual, f"{a(key_type)} key")
         return ver, obj
 
     def _info(self, name: str) -> KeyInfo:
