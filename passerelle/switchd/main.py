@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
+import tomllib
 
 import uvloop
 
@@ -48,11 +49,29 @@ async def _serve(settings: Settings) -> None:
     await daemon.run()
 
 
+def _wants_storage(path: str | None) -> bool:
+    """A [storage] or [telecollecte] table: run the gateway (storage + télécollecte)."""
+    if path is None:
+        return False
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # load_config reports it
+    return "storage" in raw or "telecollecte" in raw
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     path = args.check_config or args.config
+    gateway = _wants_storage(path)
     try:
-        settings = load_config(path)
+        if gateway:  # storage code is imported only when the configuration asks for it
+            from passerelle.switchd import gateway as gateway_module  # noqa: PLC0415
+
+            settings, telecollecte = gateway_module.load(path)
+        else:
+            settings = load_config(path)
         _check_tls(settings)
     except ConfigError as error:
         print(f"switchd: {path}: {error}", file=sys.stderr)
@@ -62,9 +81,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     logs.configure(settings.logging.level)
     try:
-        uvloop.run(_serve(settings))
-    except OSError as error:  # e.g. a port already in use
-        logs.get_logger().error("switchd.failed", error=str(error))
+        if gateway:
+            uvloop.run(gateway_module.serve(settings, telecollecte))
+        else:
+            uvloop.run(_serve(settings))
+    except Exception as error:  # e.g. a port in use, storage away: systemd restarts us
+        logs.get_logger().error("switchd.failed", error=str(error),
+                                exc_info=not isinstance(error, OSError))
         sys.exit(1)
 
 
