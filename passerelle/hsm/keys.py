@@ -66,7 +66,7 @@ TR31_ALGORITHM = {"T": Algorithm.TDES, "A": Algorithm.AES, "H": Algorithm.HMAC}
 _LENGTHS = {
     Algorithm.TDES: (16, 24),
     Algorithm.AES: (16, 24, 32),
-    Algorithm.HMAC: (32, 48, 64),
+    Algorithm.HMAC: (16, 24, 32, 48, 64),  # 16+ so keys storage held in config import as-is
 }
 #: the algorithms each key type may use.
 ALLOWED = {
