@@ -111,10 +111,13 @@ def assert_stored_as_sent(dsn: str, batches: list[Batch]) -> None:
             assert row["application"] == batch.application
 
 
-def card_numbers_in(text: str, sent: list[Batch] | None = None) -> list[str]:
+def card_numbers_in(text: str, sent: list[Batch] | None = None,
+                    not_cards: frozenset[str] = frozenset()) -> list[str]:
     """Full card numbers found in `text`: Luhn-valid runs of 13-19 digits, and any PAN the
-    terminals sent (a 12-digit run, an RRN, is no PAN: our BINs give 15-16 digit cards)."""
-    found = [run for run in re.findall(r"(?<!\d)\d{13,19}(?!\d)", text) if luhn_valid(run)]
+    terminals sent (a 12-digit run, an RRN, is no PAN: our BINs give 15-16 digit cards).
+    `not_cards`: known Luhn-valid numbers that are not cards (a SIRET is Luhn-valid too)."""
+    found = [run for run in re.findall(r"(?<!\d)\d{13,19}(?!\d)", text)
+             if luhn_valid(run) and run not in not_cards]
     pans = {tx.pan for batch in sent or () for tx in batch.transactions}
     return found + [pan for pan in pans if pan in text]
 
