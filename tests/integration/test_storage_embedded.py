@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -129,3 +131,37 @@ def test_storage_runtime_starts_with_the_database_away_and_catches_up(
         assert conn.execute("SELECT remise_number, spooled FROM remises").fetchall() == [
             (7, True)
         ]
+
+
+def test_server_left_by_a_killed_process_is_adopted_and_stopped(
+    embedded_state_dir: Path,
+) -> None:
+    code = (
+        "import sys\n"
+        "from passerelle.storage.embedded import EmbeddedPostgres\n"
+        "server = EmbeddedPostgres(sys.argv[1])\n"
+        "server.start()\n"
+        "print(server.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(embedded_state_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        postmaster_pid = int(child.stdout.readline())
+    finally:
+        child.kill()  # SIGKILL: no atexit, the server keeps running
+        child.communicate()
+
+    server = EmbeddedPostgres(embedded_state_dir)
+    try:
+        dsn = server.start()
+        assert server.pid == postmaster_pid  # adopted, not a second server
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    postmaster = psutil.Process(postmaster_pid) if psutil.pid_exists(postmaster_pid) else None
+    assert postmaster is None or postmaster.status() == psutil.STATUS_ZOMBIE
