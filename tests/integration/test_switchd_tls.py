@@ -184,6 +184,21 @@ def test_proxy_header_before_tls(pki: dict[str, object], tmp_path: Path) -> None
         assert process.find("tls.handshake_done", peer="198.51.100.9:52000")
 
 
+def test_silent_client_is_closed_after_the_handshake_timeout(pki: dict[str, object],
+                                                             tmp_path: Path) -> None:
+    cert, key = pki["server_cert"]  # type: ignore[misc]
+    settings = _settings(cert, key)
+    settings["switchd"] = {"handshake_timeout": 0.3}
+    with SwitchdProcess(settings, tmp_path) as process:
+        async def scenario() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", process.port("cbcom-tls"))
+            writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+            assert await asyncio.wait_for(reader.read(-1), 5) == b""
+            writer.close()
+        run(scenario())
+        assert process.find("conn.handshake_timeout")
+
+
 def test_sighup_with_a_broken_certificate_keeps_the_old_one(pki: dict[str, object],
                                                             tmp_path: Path) -> None:
     cert, key = pki["server_cert"]  # type: ignore[misc]
