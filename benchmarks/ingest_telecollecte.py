@@ -1,0 +1,254 @@
+"""Télécollecte benchmark: transactions stored per second through the whole path.
+
+Many simulated terminals at once dial switchd (the real daemon, `passerelle.switchd.gateway`
+in a child process) over CBCOM, sign on, send their files (0306, 0246 with a 0256 per
+window, 0506) and wait for each 0516 — which switchd sends only after the remise is
+committed. The rate is transactions acknowledged per second, from the first connection to
+the last 0516. It is compared, in the same run and on the same table, with:
+
+* raw COPY: the very same rows, already built, one COPY per worker, nothing else;
+* row-by-row INSERT: the same rows, one INSERT each, one transaction per remise
+  (both from `benchmarks/ingest.py`, so the two benchmarks share one baseline).
+
+The terminals' messages are encoded before the clock starts: a real terminal encodes on its
+own CPU, not on the gateway's.
+
+    .venv/bin/python benchmarks/ingest_telecollecte.py --quick --json \
+        benchmarks/results/ingest_telecollecte.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import random
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import ingest  # noqa: E402 - benchmarks/ingest.py: the shared COPY/INSERT baselines
+
+from passerelle.sim.pki import make_pki  # noqa: E402
+from passerelle.sim.telecollecte import (  # noqa: E402
+    Batch,
+    answer_code,
+    dial,
+    end_message,
+    generate_batches,
+    header_message,
+    sign_on_message,
+    transaction_message,
+)
+from passerelle.storage.migrate import migrate  # noqa: E402
+from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac  # noqa: E402
+from passerelle.storage.remises import (  # noqa: E402
+    Remise,
+    RemiseTotals,
+    RemiseTransaction,
+)
+from tests.integration.storage_helpers import setup_fleet  # noqa: E402
+from tests.integration.telecollecte_helpers import (  # noqa: E402
+    PAN_KEY_HEX,
+    GatewayProcess,
+    settings_dict,
+)
+
+TARGET_RATIO_TO_COPY = 0.6
+WINDOW = 32
+
+
+@dataclass
+class Script:
+    """One terminal's session, encoded in advance."""
+
+    sign_on: bytes
+    files: list[tuple[bytes, list[bytes], bytes]]  # 0306, 0246s, 0506
+
+
+def _scripts(fleet: list[list[Batch]]) -> list[Script]:
+    return [Script(sign_on_message(batches[0].terminal, batches[0].contract), [
+        (header_message(b, WINDOW),
+         [transaction_message(b, n, tx) for n, tx in enumerate(b.transactions, 1)],
+         end_message(b)) for b in batches]) for batches in fleet]
+
+
+async def _terminal(port: int, script: Script) -> int:
+    """Play one session; the number of transactions acknowledged by 0516 = 00."""
+    acknowledged = 0
+    async with await dial("cbcom", "127.0.0.1", port, timeout=60) as tpe:
+        await tpe.exchange(script.sign_on, 60)
+        for header, transactions, end in script.files:
+            await tpe.exchange(header, 60)
+            for number, message in enumerate(transactions, 1):
+                tpe.send(message)
+                if number % WINDOW == 0 or number == len(transactions):
+                    await tpe.receive(60)
+            if answer_code(await tpe.exchange(end, 60))[1] == "00":
+                acknowledged += len(transactions)
+    return acknowledged
+
+
+async def _telecollecte(port: int, scripts: list[Script]) -> tuple[float, int]:
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(_terminal(port, s) for s in scripts))
+    return time.perf_counter() - start, sum(counts)
+
+
+def _remises(fleet: list[list[Batch]]) -> list[Remise]:
+    """The same remises as the writer sees them, for the COPY and INSERT baselines."""
+    key = PanHmacKey.from_hex(1, PAN_KEY_HEX)
+    now = datetime.now(UTC)
+    out = []
+    for batches in fleet:
+        for batch in batches:
+            txs = [RemiseTransaction(
+                seq=n, at=tx.at, operation=tx.operation,
+                result="approved" if tx.approved else "declined", amount=tx.amount,
+                currency=batch.currency, pan_masked=mask_pan(tx.pan),
+                pan_hmac=pan_hmac(key, tx.pan)[0], pan_hmac_key_version=1, expiry=tx.expiry,
+                response_code=tx.response_code, authorization_number=tx.authorization_number,
+                issuer=tx.issuer, product=tx.product, rrn=tx.rrn, stan=f"{tx.stan:06d}",
+                aid=tx.aid) for n, tx in enumerate(batch.transactions, 1)]
+            out.append(Remise(batch.terminal, batch.contract, batch.application,
+                              batch.remise_number, batch.file_number, batch.currency, now,
+                              RemiseTotals(), txs))
+    return out
+
+
+def _fleet(terminals: int, files: int, per_file: int, round_: int) -> list[list[Batch]]:
+    rng = random.Random(round_)
+    fleet = []
+    for t in range(terminals):
+        batches = generate_batches(rng, f"TPE{t:04d}", "1234567", "CBEMV", days=files,
+                                   per_day=(per_file, per_file),
+                                   first_remise=1 + round_ * files)
+        fleet.append(batches)
+    return fleet
+
+
+def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
+         rounds: int, workers: int) -> dict[str, object]:
+    settings = settings_dict(dsn, workdir / "state", make_pki(workdir / "pki"),
+                             max_window=WINDOW)
+    settings["listeners"]["xot"]["enabled"] = False  # type: ignore[index]
+    settings["listeners"]["cbcom-tls"]["enabled"] = False  # type: ignore[index]
+    settings["storage"]["pool_max_size"] = workers  # type: ignore[index]
+    settings["logging"] = {"level": "info"}
+    total = terminals * files * per_file
+    rates: dict[str, list[float]] = {"telecollecte": [], "copy": [], "insert": []}
+    for round_ in range(rounds):
+        fleet = _fleet(terminals, files, per_file, round_)
+        scripts = _scripts(fleet)
+        asyncio.run(ingest._truncate(dsn))
+        gateway = GatewayProcess(settings, workdir).start()
+        try:
+            elapsed, acknowledged = asyncio.run(_telecollecte(gateway.addresses["cbcom"],
+                                                              scripts))
+        finally:
+            gateway.stop()
+        if acknowledged != total:
+            raise SystemExit(f"only {acknowledged} of {total} transactions acknowledged")
+        with psycopg.connect(dsn) as conn:
+            stored = conn.execute("SELECT count(*) FROM transactions").fetchone()
+        if stored != (total,):
+            raise SystemExit(f"{stored} transactions stored, {total} expected")
+        rates["telecollecte"].append(total / elapsed)
+        rows = ingest._rows(_remises(fleet))
+        asyncio.run(ingest._truncate(dsn))
+        rates["copy"].append(total / asyncio.run(ingest._raw_copy(dsn, rows, workers)))
+        asyncio.run(ingest._truncate(dsn))
+        rates["insert"].append(total / asyncio.run(ingest._row_by_row(
+            dsn, rows, per_file, workers)))
+    per_round = [t / c for t, c in zip(rates["telecollecte"], rates["copy"], strict=True)]
+    to_copy = statistics.median(per_round)
+    to_insert = statistics.median(t / i for t, i in zip(rates["telecollecte"], rates["insert"],
+                                                          strict=True))
+    return {
+        "path": "terminals -> CBCOM/TCP -> switchd (child process) -> dialogue -> "
+                "RemiseSink -> RemiseWriter (COPY, one transaction per remise)",
+        "terminals": terminals,
+        "files_per_terminal": files,
+        "transactions_per_file": per_file,
+        "window": WINDOW,
+        "transactions_per_round": total,
+        "rounds": rounds,
+        "baseline_workers": workers,
+        "telecollecte_rows_per_s": round(statistics.median(rates["telecollecte"])),
+        "raw_copy_rows_per_s": round(statistics.median(rates["copy"])),
+        "row_by_row_insert_rows_per_s": round(statistics.median(rates["insert"])),
+        "ratio_to_raw_copy": round(to_copy, 3),
+        "ratio_to_row_by_row_insert": round(to_insert, 2),
+        "ratio_to_raw_copy_per_round": [round(r, 3) for r in per_round],
+        "target_ratio_to_raw_copy": TARGET_RATIO_TO_COPY,
+        "meets_target": to_copy >= TARGET_RATIO_TO_COPY,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small run, under a minute")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as one JSON object")
+    parser.add_argument("--dsn", default=os.environ.get("PASSERELLE_DSN"),
+                        help="server DSN (a scratch database is created and dropped)")
+    parser.add_argument("--terminals", type=int, help="terminals dialling at once")
+    parser.add_argument("--files", type=int, help="files (remises) per terminal")
+    parser.add_argument("--transactions", type=int, help="transactions per file")
+    parser.add_argument("--rounds", type=int, help="rounds of the three methods")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="pool size of switchd, and COPY/INSERT workers of the baselines")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    terminals = args.terminals or (20 if args.quick else 50)
+    files = args.files or (2 if args.quick else 4)
+    per_file = args.transactions or (100 if args.quick else 200)
+    rounds = args.rounds or (2 if args.quick else 3)
+
+    server_dsn, embedded = ingest._server_dsn(args.dsn)
+    name = f"passerelle_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(server_dsn, dbname=name)
+    workdir = Path(tempfile.mkdtemp(prefix="ingest-tlc-"))
+    try:
+        migrate(dsn)
+        setup_fleet(dsn, terminals=terminals)
+        figures = _run(dsn, workdir, terminals=terminals, files=files, per_file=per_file,
+                       rounds=rounds, workers=args.workers)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if embedded is not None:
+            embedded.stop()
+            shutil.rmtree(embedded.state_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    figures["machine"] = f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu"
+    figures["quick"] = args.quick
+    for key, value in figures.items():
+        print(f"{key:32} {value}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
