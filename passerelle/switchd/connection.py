@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 # A session's messages wait here while a slow dialogue runs; past this, stop reading.
 _MAX_QUEUED = 16
+# After close(), what is still unsent gets this long to leave before the socket is reset.
+_CLOSE_GRACE = 10.0
 # A PROXY v2 header is at most 16 + 65535 bytes; we accept far less (TLVs we do not use).
 _MAX_PROXY_HEADER = 16 + 1024
 
@@ -162,12 +164,16 @@ class Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self, reason: str) -> None:
-        """Close after what is already written has been sent."""
+        """Close after what is already written has been sent (within _CLOSE_GRACE)."""
         if self.closed or self.transport is None:
             return
         self.closed = True
         self.reason = reason
+        if self._writing_paused:  # a peer that does not read would keep us waiting
+            self.transport.abort()
+            return
         self.transport.close()
+        self.deadline = self.listener.daemon.loop.time() + _CLOSE_GRACE
 
     def abort(self, reason: str) -> None:
         """Close now, dropping anything not yet sent."""
@@ -203,7 +209,10 @@ class Connection(asyncio.Protocol):
     # -- timers and drain (called by the daemon) -----------------------------------------
     def on_deadline(self, now: float) -> None:
         """The earliest of our timers is due."""
-        if self.closed:
+        if self.closed:  # closed, yet the last bytes are still not taken: give up
+            if self.transport is not None and now >= self.deadline:
+                self.transport.abort()
+            self.deadline = math.inf
             return
         try:
             if now >= self.handshake_deadline:
@@ -340,6 +349,8 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def _refresh_deadline(self) -> None:
+        if self.closed:
+            return  # close() set the grace deadline
         stack_deadline = self.stack.deadline() if self.stack is not None else math.inf
         self.deadline = min(self.handshake_deadline, stack_deadline)
 

@@ -265,6 +265,29 @@ def test_silence_past_tsi_gets_ab(fast: SwitchdProcess) -> None:
     run(scenario())
 
 
+def test_a_terminal_that_never_reads_is_cut_off(fast: SwitchdProcess) -> None:
+    """It sends requests and never reads the answers: switchd stops reading it (bounded
+    buffers), then its TSI ends the session and the socket is reset."""
+    async def scenario() -> int:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", fast.port("cbcom"))
+        writer.write(CN)
+        de = frame4(cbcom.data(echo_request(1)).encode())
+        sent = 0
+        try:
+            with pytest.raises(ConnectionError):  # reset by switchd
+                while sent < 200_000_000:
+                    writer.write(de * 100)
+                    await asyncio.wait_for(writer.drain(), 10)
+                    sent += len(de) * 100
+        finally:
+            writer.close()
+        return sent
+
+    assert run(scenario()) < 200_000_000  # switchd stopped taking bytes, then cut it
+    fast.wait_for("cbcom.aborted", code="0x19")
+    run(_echo_works(fast))
+
+
 def test_xot_silence_without_call_closes(fast: SwitchdProcess) -> None:
     assert run(_exchange_raw(fast.port("xot"), b"")) == b""
 
