@@ -32,7 +32,7 @@ class StorageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dsn: str | None = None
     state_dir: str = ".state"
     pool_min_size: int = 1
-    pool_max_size: int = 10
+    pool_max_size: int = 20
     connect_timeout_s: float = 5.0
     statement_timeout_ms: int = 30_000
     retention_months: int = 15
