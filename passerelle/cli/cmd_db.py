@@ -14,7 +14,7 @@ from typing import Any
 import click
 import msgspec
 
-from passerelle.storage.db import DatabaseUnavailable, StorageError, describe_dsn
+from passerelle.storage.db import StorageConfigError, StorageError, describe_dsn
 
 
 def _database_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,8 +50,8 @@ def _database(dsn: str | None, state_dir: str, quiet: bool) -> Iterator[str]:
 
 def _fail(exc: StorageError) -> click.exceptions.Exit:
     click.echo(f"error: {exc}", err=True)
-    # 1: the database failed or is away; 2: what the operator asked for is wrong.
-    return click.exceptions.Exit(1 if isinstance(exc, DatabaseUnavailable) else 2)
+    # 2: what the operator gave is wrong (DSN); 1: the database is away or a check failed.
+    return click.exceptions.Exit(2 if isinstance(exc, StorageConfigError) else 1)
 
 
 @click.group(name="db")

@@ -23,6 +23,10 @@ class DatabaseUnavailable(StorageError):
     """PostgreSQL could not be reached or dropped the connection: retry later or spool."""
 
 
+class StorageConfigError(StorageError):
+    """The storage configuration (settings, DSN) is wrong: fix it, retrying will not help."""
+
+
 class StorageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The `[storage]` table of the configuration.
 
@@ -40,29 +44,29 @@ class StorageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.pool_min_size < 0 or self.pool_max_size < 1:
-            raise StorageError(
+            raise StorageConfigError(
                 f"storage.pool_min_size must be >= 0 and storage.pool_max_size >= 1, "
                 f"got {self.pool_min_size} and {self.pool_max_size}"
             )
         if self.pool_min_size > self.pool_max_size:
-            raise StorageError(
+            raise StorageConfigError(
                 f"storage.pool_min_size ({self.pool_min_size}) exceeds "
                 f"storage.pool_max_size ({self.pool_max_size})"
             )
         if self.connect_timeout_s <= 0:
-            raise StorageError(
+            raise StorageConfigError(
                 f"storage.connect_timeout_s must be > 0, got {self.connect_timeout_s}"
             )
         if self.statement_timeout_ms < 0:
-            raise StorageError(
+            raise StorageConfigError(
                 f"storage.statement_timeout_ms must be >= 0, got {self.statement_timeout_ms}"
             )
         if self.retention_months < 1:
-            raise StorageError(
+            raise StorageConfigError(
                 f"storage.retention_months must be >= 1, got {self.retention_months}"
             )
         if self.months_ahead < 0:
-            raise StorageError(f"storage.months_ahead must be >= 0, got {self.months_ahead}")
+            raise StorageConfigError(f"storage.months_ahead must be >= 0, got {self.months_ahead}")
 
 
 def settings_from_table(table: dict[str, object]) -> StorageSettings:
@@ -70,7 +74,7 @@ def settings_from_table(table: dict[str, object]) -> StorageSettings:
     try:
         return msgspec.convert(table, StorageSettings)
     except msgspec.ValidationError as exc:
-        raise StorageError(f"[storage] configuration: {exc}") from exc
+        raise StorageConfigError(f"[storage] configuration: {exc}") from exc
 
 
 def _connect_kwargs(settings: StorageSettings) -> dict[str, object]:
@@ -98,7 +102,7 @@ def connect(
     try:
         return psycopg.connect(dsn, autocommit=autocommit, **_connect_kwargs(settings))
     except psycopg.ProgrammingError as exc:
-        raise StorageError(f"invalid PostgreSQL DSN {dsn!r}: {exc}") from exc
+        raise StorageConfigError(f"invalid PostgreSQL DSN: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {str(exc).strip()}"

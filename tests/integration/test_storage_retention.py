@@ -102,3 +102,9 @@ def test_mpctl_db_reports_an_unreachable_database() -> None:
     )
     assert result.exit_code == 1
     assert "error: cannot connect to PostgreSQL at" in result.output
+
+
+def test_mpctl_db_names_a_malformed_dsn_as_bad_input() -> None:
+    result = CliRunner().invoke(cli, ["db", "migrate", "--dsn", "nonsense=1"])
+    assert result.exit_code == 2
+    assert 'error: invalid PostgreSQL DSN: invalid connection option "nonsense"' in result.output
