@@ -18,6 +18,7 @@ next magic whose CRC checks; it is reported, never fatal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import struct
@@ -213,6 +214,9 @@ class Spool:
                     view = view[written:]
                 os.fsync(self._fd)
             except OSError as exc:
+                # Take back a partial record (disk full...) so the next append starts clean.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._active_size)
                 raise SpoolError(f"cannot write spool {self._active}: {exc}") from exc
             self._active_size += len(record)
 
