@@ -174,7 +174,8 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
         for app, count, txs, net, wrong in rows:
             click.echo(f"  {app:<12}{count:>8}{txs or 0:>14}{(net or 0) / 100:>14.2f}"
                        f"{wrong:>12}")
-        _where_to_look(state_dir, metrics_url, serve)
+        _where_to_look(state_dir, metrics_url, serve,
+                       acknowledged[0].batch if acknowledged else None)
         if serve:
             click.echo("\nswitchd keeps running; Ctrl-C stops it.")
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,22 +186,29 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
         await gateway.stop()
 
 
-def _where_to_look(state_dir: Path, metrics_url: str | None, serve: bool) -> None:
-    mpctl = "mpctl" if Path(sys.argv[0]).name == "mpctl" else f"{sys.executable} -m " \
-        "passerelle.cli"
+def _where_to_look(state_dir: Path, metrics_url: str | None, serve: bool,
+                   sample: Any | None) -> None:
+    argv0 = Path(sys.argv[0])
+    mpctl = str(argv0) if argv0.name == "mpctl" else f"{sys.executable} -m passerelle.cli"
     state = f"--state-dir {state_dir}"
+    lines = [("remises", f"remises {state} --status difference   # remises with an ECART"),
+             ("remises", f"remises {state} --group-by contract"),
+             ("transactions", f"transactions {state} --application CONECS --group-by issuer")]
+    if sample is not None:
+        lines.append(("ticket", f"ticket remise {state} --number {sample.remise_number} "
+                                f"--terminal {sample.terminal} --application "
+                                f"{sample.application}"))
     click.echo("\nwhere to look:")
-    for name, example in (("remises", f"remises {state}"),
-                          ("transactions", f"transactions {state} --application CONECS"),
-                          ("ticket", f"ticket {state} --help")):
+    for name, example in lines:
         if importlib.util.find_spec(f"passerelle.cli.cmd_{name}") is not None:
             click.echo(f"  {mpctl} {example}")
-    click.echo(f"  {mpctl} db retention {state}        # partitions kept and created")
-    click.echo(f"  switchd log (JSON, PAN masked): {state_dir / 'switchd.log'}")
+    click.echo(f"  {mpctl} db retention {state}   # monthly partitions kept and created")
+    click.echo(f"  switchd log (JSON lines, card numbers masked): {state_dir / 'switchd.log'}")
     if metrics_url:
-        when = "now" if serve else "while it runs (mpctl demo --serve keeps it up)"
-        click.echo(f"  metrics {when}: {metrics_url}  (telecollecte_remises_total, "
-                   "switchd_messages_total, switchd_sessions_open)")
+        when = "now" if serve else "while switchd runs (mpctl demo --serve keeps it up)"
+        click.echo(f"  metrics {when}: {metrics_url}")
+        click.echo("    telecollecte_remises_total, telecollecte_transactions_total, "
+                   "switchd_messages_total, switchd_sessions_open")
 
 
 @click.command(name="demo")

@@ -36,3 +36,10 @@ def test_mpctl_demo_collects_remises_on_the_embedded_database_and_stops(tmp_path
     log = (state / "switchd.log").read_text()
     assert "telecollecte.remise_stored" in log
     assert card_numbers_in(log) == []
+    # The first command it points at works on what the demo stored.
+    remises = subprocess.run(
+        [sys.executable, "-c", "from passerelle.cli.main import main; main()", "remises",
+         "--state-dir", str(state), "--json"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert remises.returncode == 0, remises.stderr
+    assert "TPE00001" in remises.stdout
