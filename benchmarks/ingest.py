@@ -101,7 +101,7 @@ async def _writer(dsn: str, remises: list[Remise], workers: int) -> float:
 
 def _rows(remises: list[Remise]) -> list[tuple[object, ...]]:
     context = (0, "Ingenico", "ITP01", 1, "001", "30004", "bnp", "BOULANGERIE", "Au Bon Pain",
-               "73282932000074")
+               "99900000000011")
     rows: list[tuple[object, ...]] = []
     for index, remise in enumerate(remises):
         rows.extend(transaction_rows(remise, index + 1, "correct", context))

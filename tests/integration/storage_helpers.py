@@ -55,7 +55,7 @@ def setup_fleet(dsn: str, terminals: int = 1, applications: tuple[str, ...] = ("
                 Contract(
                     contract_number="1234567", application=app, bank_code="30004",
                     rang="001", acquirer="bnp", label="BOULANGERIE CENTRE",
-                    trade_name="Au Bon Pain", siret="73282932000074",
+                    trade_name="Au Bon Pain", siret="99900000000011",
                 ),
             )
             for app in applications

@@ -55,7 +55,7 @@ def test_remise_is_stored_with_rows_matching_what_the_terminal_sent(db_dsn: str)
         ).fetchall()
     assert header == (
         "TPE0000", "Ingenico", "1234567", "001", "30004", "CBEMV", "BOULANGERIE CENTRE",
-        "Au Bon Pain", "73282932000074", 1, 1, 25, STATUS_CORRECT,
+        "Au Bon Pain", "99900000000011", 1, 1, 25, STATUS_CORRECT,
         remise.declared.purchases_count, remise.declared.purchases_amount,
     )
     sent = [
@@ -254,7 +254,7 @@ def test_collected_remise_time_is_stored_in_utc(db_dsn: str) -> None:
          "contract_number_tx_at"),
         ("transactions", "terminal_serial = 'TPE0000' AND tx_at >= now() - interval '1 day'",
          "terminal_serial_tx_at"),
-        ("transactions", "siret = '73282932000074' AND tx_at >= now() - interval '1 day'",
+        ("transactions", "siret = '99900000000011' AND tx_at >= now() - interval '1 day'",
          "siret_tx_at"),
         ("transactions", "amount = 1500 AND tx_at >= now() - interval '1 day'", "amount_tx_at"),
         ("remises", "contract_number = '1234567' AND collected_at >= now() - interval '1 day'",
