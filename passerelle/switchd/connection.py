@@ -244,7 +244,8 @@ class Connection(asyncio.Protocol):
     def _start_stack(self) -> None:
         listener = self.listener
         profile = listener.daemon.dispatcher.profile(listener.profile)
-        self.context = SessionContext(listener.name, self.peer, profile, self.log)
+        client = self.tls.peer_subject if self.tls is not None else None
+        self.context = SessionContext(listener.name, self.peer, profile, self.log, client)
         self.handshake_deadline = math.inf  # from here on, the stack's own timers rule
         self.stack = listener.make_stack(self)
 

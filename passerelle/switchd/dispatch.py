@@ -57,13 +57,16 @@ class SessionContext:
     while the terminal owes it more messages, so that a drain waits for it.
     """
 
-    __slots__ = ("busy", "listener", "log", "mode", "peer", "profile", "state")
+    __slots__ = ("busy", "listener", "log", "mode", "peer", "profile", "state", "tls_client")
 
-    def __init__(self, listener: str, peer: str, profile: Any, log: Any) -> None:
+    def __init__(self, listener: str, peer: str, profile: Any, log: Any,
+                 tls_client: str | None = None) -> None:
         self.listener = listener
         self.peer = peer
         self.profile = profile
         self.log = log
+        # Mutual TLS: the common name of the terminal's verified certificate.
+        self.tls_client = tls_client
         self.mode: str | None = None
         self.state: dict[str, Any] = {}
         self.busy = False
