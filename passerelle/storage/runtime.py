@@ -2,8 +2,10 @@
 
 `async with Storage(settings) as storage:` resolves the database (the configured DSN, or the
 embedded server of the state directory), migrates the schema, opens the connection pool and
-the spool, and keeps replaying the spool in the background. The télécollecte dialogue then
-only calls `await storage.sink.store(remise)` and answers 0516 when it returns.
+the spools, and keeps replaying the remise spool in the background. `storage.authlog_spool`
+is the authorization log's own journal, for `storage.authlog.AuthLogWriter`. The
+télécollecte dialogue then only calls `await storage.sink.store(remise)` and answers 0516
+when it returns.
 
 PostgreSQL being away at start is not fatal: remises are spooled, and the schema is migrated
 before the first replay once the database answers.
@@ -39,34 +41,34 @@ class Storage:
         self._replayer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Storage:
-        if not self.settings.dsn:
-            self.embedded = EmbeddedPostgres(self.state_dir)
-            self.dsn = await asyncio.to_thread(self.embedded.start)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            if not self.settings.dsn:
+                self.embedded = EmbeddedPostgres(self.state_dir)
+                self.dsn = await asyncio.to_thread(self.embedded.start)
+                stack.push_async_callback(asyncio.to_thread, self.embedded.stop)
             await self.ensure_schema()
-            self.pool = open_pool(self.dsn, self.settings)
-            await self.pool.open()
-            self.spool = Spool(self.state_dir / "spool").open()
-        except BaseException:
-            await self._stop_embedded()
-            raise
-        self.writer = RemiseWriter(self.pool)
-        self.sink = RemiseSink(self.writer, self.spool)
-        self._replayer = asyncio.create_task(self._replay_forever(), name="spool-replay")
+            self.pool = await stack.enter_async_context(open_pool(self.dsn, self.settings))
+            self.spool = stack.enter_context(Spool(self.state_dir / "spool"))
+            # The authorization log has its own journal and replayer (storage.authlog): a
+            # replayer removes the segments it has read, so two must never share one.
+            self.authlog_spool = stack.enter_context(
+                Spool(self.state_dir / "spool-authorizations")
+            )
+            self.writer = RemiseWriter(self.pool)
+            self.sink = RemiseSink(self.writer, self.spool)
+            self._replayer = asyncio.create_task(self._replay_forever(), name="spool-replay")
+            stack.push_async_callback(self._stop_replayer)
+            self._resources = stack.pop_all()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        await self._resources.aclose()
+
+    async def _stop_replayer(self) -> None:
         if self._replayer is not None:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
-        await self.pool.close()
-        self.spool.close()
-        await self._stop_embedded()
-
-    async def _stop_embedded(self) -> None:
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
 
     async def ensure_schema(self) -> bool:
         """Migrate once; False (and a log line) while the database is unreachable."""

@@ -311,8 +311,11 @@ class RemiseSink:
                 report.damaged_bytes += sum(end - start for start, end in parsed.skipped)
                 for record in parsed.records:
                     try:
-                        if record.kind != KIND_REMISE:
-                            raise StorageError(f"unknown spool record kind {record.kind}")
+                        if record.kind != KIND_REMISE:  # set aside, never dropped
+                            raise StorageError(
+                                f"record of kind {record.kind} in the remise journal "
+                                "(each kind needs its own spool directory)"
+                            )
                         remise = _DECODER.decode(record.payload)
                         outcome = await self.writer.store(remise, spooled=True)
                     except DatabaseUnavailable:
