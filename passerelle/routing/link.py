@@ -40,6 +40,7 @@ class _Wire(asyncio.Protocol):
         self.link = link
         self.transport: asyncio.Transport | None = None
         self.framer = LengthPrefixFramer(link.settings.framing, link.settings.max_frame)
+        self._out: list[bytes] = []
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,8 +63,15 @@ class _Wire(asyncio.Protocol):
         self.link.lost(self, str(exc) if exc else "closed by the acquirer")
 
     def write(self, wire: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(self.framer.frame(wire))
+        """Queue a frame; frames written in one loop iteration leave in one send()."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(self.framer.frame(wire))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def close(self) -> None:
         if self.transport is not None:

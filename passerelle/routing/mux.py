@@ -109,16 +109,26 @@ class Mux:
         return keys
 
     async def wait(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Any:
-        """The answer to `key`, or LinkTimeout after `timeout` (the key is then abandoned)."""
+        """The answer to `key`, or LinkTimeout after `timeout` (the key is then abandoned).
+
+        A timer handle rather than `asyncio.timeout` + `shield`: this runs per request.
+        """
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, key, future,
+                                                      timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            self.abandon(key)
-            raise LinkTimeout(f"no answer within {timeout:.3f} s") from None
+            return await future
         except asyncio.CancelledError:
-            self.abandon(key)
+            self.abandon(key)  # the requester itself was cancelled (its deadline)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, key: Key, future: asyncio.Future[Any], timeout: float) -> None:
+        if self._pending.get(key) is future:
+            del self._pending[key]
+            _remember(self._abandoned, key)
+        if not future.done():
+            future.set_exception(LinkTimeout(f"no answer within {timeout:.3f} s"))
 
 
 def _remember(keys: OrderedDict[Key, None], key: Key) -> None:

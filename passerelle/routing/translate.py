@@ -13,10 +13,12 @@ its original's terminal, STAN and time but never its answer MTI.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
 from passerelle.codecs.iso8583 import CodecError, Message, encode
+from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import get_profile
 from passerelle.routing.settings import AcquirerSettings
 
@@ -79,40 +81,95 @@ def ber_decode(data: bytes) -> tuple[tuple[str, bytes], ...]:
     return tuple(items)
 
 
+def _ber_tag(tag: str) -> bool:
+    """True when `tag` is a well-formed BER tag (a multi-byte tag ends with a byte < 0x80)."""
+    raw = bytes.fromhex(tag)
+    if raw[0] & 0x1F != 0x1F:
+        return len(raw) == 1
+    return len(raw) > 1 and all(b & 0x80 for b in raw[1:-1]) and not raw[-1] & 0x80
+
+
 def cb_to_ber(items: Any) -> tuple[tuple[str, bytes], ...]:
-    """CB2A 55 pairs use 2-byte tags ("0091"); BER tags drop the 00 padding ("91")."""
-    return tuple((tag[2:] if tag.startswith("00") else tag, value) for tag, value in items)
+    """CB2A 55 pairs use 2-byte tags ("0091"); BER tags drop the 00 padding ("91").
+
+    CB's own tags that are not valid BER (DF80, DF81: the terminal's CB-specific data)
+    mean nothing to a BER-TLV acquirer and would corrupt its parse: they are left out.
+    """
+    out = []
+    for tag, value in items:
+        ber = tag[2:] if tag.startswith("00") else tag
+        if _ber_tag(ber):
+            out.append((ber, value))
+    return tuple(out)
 
 
 def ber_to_cb(items: Any) -> tuple[tuple[str, bytes], ...]:
     return tuple((tag.zfill(4), value) for tag, value in items)
 
 
+@functools.cache
+def _same_wire(source: str, target: str) -> frozenset[int]:
+    """Fixed-size fields encoded identically by both profiles: copied as raw bytes."""
+    a, b = get_profile(source).specs, get_profile(target).specs
+    same = set()
+    for n in range(2, 65):
+        x, y = a[n], b[n]
+        if (x is not None and y is not None and not x.var and not y.var and x.sub is None
+                and (x.kind, x.max_len, x.data, x.half) == (y.kind, y.max_len, y.data, y.half)):
+            same.add(n)
+    return frozenset(same)
+
+
+def _build(profile: Profile, mti: str, fields: dict[int, Any]) -> bytes:
+    """`encode()` for fields 2-64, where a `memoryview` value is already wire bytes."""
+    bits = 0
+    parts: list[Any] = [b"", b""]
+    encoders = profile.encoders
+    for number in sorted(fields):
+        value = fields[number]
+        bits |= 1 << (64 - number)
+        parts.append(value if type(value) is memoryview else encoders[number](value))  # type: ignore[misc]
+    parts[0] = bytes.fromhex(mti) if profile.mti_bcd else mti.encode(profile.mti_encoding)
+    bitmap = bits.to_bytes(8, "big")
+    parts[1] = bitmap.hex().upper().encode() if profile.bitmap_hex else bitmap
+    return b"".join(parts)
+
+
 def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime) -> tuple[bytes, Key]:
-    """The acquirer's request for a terminal's 0100, and the key its answer will carry."""
+    """The acquirer's request for a terminal's 0100, and the key its answer will carry.
+
+    Fields both profiles encode alike are copied as raw slices; only the others are
+    converted and encoded (this runs for every authorization).
+    """
     profile_name = acquirer.profile
     if profile_name == "cb2a":
         return request.wire, key_of(request, answer_mti(request.mti))
-    profile = get_profile(profile_name)
-    values: dict[int, Any] = {n: request.get(n) for n in _COPIED if n in request}
-    values[32] = acquirer.acquirer_id
+    get = request.get
+    same = _same_wire(request.profile.name, profile_name)
+    fields: dict[int, Any] = {n: request.raw(n) if n in same else get(n)
+                              for n in _COPIED if n in request}
+    fields[32] = acquirer.acquirer_id
     if 35 in request:
-        values[35] = request.get(35)
+        fields[35] = get(35)
+    mmdd = get(13) or f"{now.month:02d}{now.day:02d}"
+    hhmmss = get(12) or f"{now.hour:02d}{now.minute:02d}{now.second:02d}"
     if profile_name == "iso93-binary":
         mti = "1" + request.mti[1:]
-        mmdd = str(request.get(13, now.strftime("%m%d")))
-        values[12] = f"{now:%y}{mmdd}{request.get(12, now.strftime('%H%M%S'))}"
+        fields[12] = when = f"{now.year % 100:02d}{mmdd}{hhmmss}"
         if 55 in request:
-            values[55] = cb_to_ber(request.get(55))
+            fields[55] = cb_to_ber(get(55))
     else:
         mti = request.mti
-        for n in (12, 13, 22, 25):
+        fields[12], fields[13] = hhmmss, mmdd
+        when = mmdd + hhmmss
+        for n in (22, 25):
             if n in request:
-                values[n] = request.get(n)
+                fields[n] = request.raw(n) if n in same else get(n)
         if 55 in request:
-            values[55] = ber_encode(cb_to_ber(request.get(55)))
-    wire = encode(profile, mti, values)
-    return wire, key_of(Message.parse(wire, profile), answer_mti(mti))
+            fields[55] = ber_encode(cb_to_ber(get(55)))
+    wire = _build(get_profile(profile_name), mti, fields)
+    terminal = str(get(41, "")).strip()
+    return wire, (answer_mti(mti), terminal, str(get(11, "")), when)
 
 
 def follow_up(original: bytes, acquirer: AcquirerSettings, kind: str,

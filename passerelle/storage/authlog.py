@@ -81,6 +81,7 @@ class AuthLogWriter:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._database_down = pool is None
+        self._replay_lock = asyncio.Lock()  # two replays would store a segment twice
         self.written = 0
         self.spooled = 0
 
@@ -168,6 +169,11 @@ class AuthLogWriter:
         """Store spooled batches, oldest first, one segment per transaction; rows stored."""
         if self.spool is None or self.pool is None:
             return 0
+        async with self._replay_lock:
+            return await self._replay()
+
+    async def _replay(self) -> int:
+        assert self.spool is not None
         stored = 0
         for segment in await asyncio.to_thread(self.spool.seal):
             parsed = await asyncio.to_thread(self.spool.read, segment)

@@ -226,7 +226,7 @@ def _pan_and_expiry(message: Message) -> tuple[str, str | None]:
 def _expired(expiry: str, now: datetime) -> bool:
     if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
         raise CodecError(14, 0, f"expiry {expiry!r} is not YYMM")
-    return expiry < now.strftime("%y%m")
+    return expiry < f"{now.year % 100:02d}{now.month:02d}"
 
 
 class Authorizer:

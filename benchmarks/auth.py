@@ -1,0 +1,355 @@
+"""Authorization benchmark: terminals -> switchd -> acquirer simulator, on loopback.
+
+Three child processes at most share the machine's cores, as in production on one box:
+the acquirer simulator, the thing under test (switchd, or a bare relay), and the load
+generator (this process). Every process runs uvloop.
+
+* `switchd`: a `Daemon` with the `iso` listener (2-byte length + CB2A) and the
+  authorization dialogue; the acquirer link speaks iso93-binary to the simulator, so every
+  request is decoded, validated, routed, translated to a 1100 and back to a 0110.
+* `relay`: a bare uvloop relay that forwards the same frames, byte for byte, without
+  decoding, to a simulator speaking cb2a (the same simulator code answering the same frames).
+* `direct`: the load generator straight to the cb2a simulator (the latency floor).
+
+Figures: closed-loop throughput (auth/s) through switchd and through the relay with the same
+load generator in the same run, and their ratio (target >= 0.5); switchd's auth/s (target
+>= 5,000); at a paced 1,000 auth/s, the p50/p99 latency switchd adds over `direct`
+(target p99 <= 2 ms). No database: the auth log and SAF are off the hot path by design.
+
+    .venv/bin/python benchmarks/auth.py --quick --json benchmarks/results/auth.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import uvloop
+
+from passerelle.codecs.framing import LengthPrefixFramer
+from passerelle.codecs.iso8583 import Message, encode
+from passerelle.codecs.profiles import get_profile
+
+CONNECTIONS = 48
+TARGETS = {"ratio_to_relay": 0.5, "switchd_auth_per_s": 5000, "added_p99_ms": 2.0}
+PAN = "4970101234567893"  # Luhn-valid
+CONTRACT = "1234567"
+
+
+def _terminal(n: int) -> str:
+    return f"TPE{n:05d}"
+
+
+def _frames(connection: int, count: int = 1000) -> list[bytes]:
+    """Distinct 0100s for one terminal (its own STANs: no MUX key ever repeats in flight)."""
+    cb2a = get_profile("cb2a")
+    out = []
+    for stan in range(1, count + 1):
+        payload = encode(cb2a, "0100", {
+            2: PAN, 3: "000000", 4: "000000001500", 11: f"{stan:06d}", 12: "163700",
+            13: "0124", 14: "3012", 18: "5411", 22: "051", 25: "00", 37: f"{stan:012d}",
+            41: _terminal(connection), 42: CONTRACT.ljust(15), 49: "978",
+            55: (("9F06", bytes.fromhex("A0000000421010")),
+                 ("9F26", bytes.fromhex("93D1A69155ACA8CD"))),
+        })
+        out.append(len(payload).to_bytes(2, "big") + payload)
+    return out
+
+
+# -- child processes --------------------------------------------------------------------------
+def _run_sim(profile: str, ready: Any) -> None:
+    from passerelle.sim.acquirer import AcquirerSimulator  # noqa: PLC0415
+
+    async def main() -> None:
+        sim = AcquirerSimulator(profile, 2)
+        ready.send(await sim.start())
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def _run_switchd(acquirer_port: int, ready: Any) -> None:
+    from passerelle.config import parse_config  # noqa: PLC0415
+    from passerelle.routing.settings import routing_settings  # noqa: PLC0415
+    from passerelle.switchd import logs  # noqa: PLC0415
+    from passerelle.switchd.authorization import build_services, register  # noqa: PLC0415
+    from passerelle.switchd.dispatch import default_registry  # noqa: PLC0415
+    from passerelle.switchd.server import Daemon  # noqa: PLC0415
+
+    async def main() -> None:
+        logs.configure("warning", open(os.devnull, "wb"))  # noqa: SIM115 - lives as long as we do
+        routes = Path(tempfile.mkdtemp()) / "routes.toml"
+        routes.write_text('[[route]]\nacquirers = ["acq"]\n')
+        settings = routing_settings({
+            "path": str(routes),
+            "acquirers": [{"name": "acq", "host": "127.0.0.1", "port": acquirer_port,
+                           "window": 256}],
+            "authorization": {"terminals": [{"terminal_id": _terminal(n), "contract": CONTRACT}
+                                            for n in range(CONNECTIONS)]},
+        })
+        registry = default_registry()
+        daemon = Daemon(parse_config({
+            "listeners": {"iso": {"host": "127.0.0.1", "port": 0, "profile": "cb2a"},
+                          "xot": {"enabled": False}, "cbcom": {"enabled": False}},
+            "metrics": {"enabled": False}, "logging": {"level": "warning"}}), registry)
+        services = build_services(settings, registry=daemon.metrics.registry)
+        register(registry, services)
+        await services.start(wait_links=5.0)
+        await daemon.start()
+        ready.send(daemon.listeners["iso"].port)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of the relay: whatever arrives is written to the peer, untouched."""
+
+    def __init__(self, peer: asyncio.Transport | None = None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+        else:
+            self.peer.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+
+
+def _run_relay(acquirer_port: int, ready: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def accept(terminal: _Pipe) -> None:
+            upstream, _ = await loop.create_connection(
+                lambda: _Pipe(terminal.transport), "127.0.0.1", acquirer_port)
+            terminal.peer = upstream
+            for chunk in terminal.early:
+                upstream.write(chunk)
+
+        def factory() -> _Pipe:
+            pipe = _Pipe()
+            loop.call_soon(lambda: loop.create_task(accept(pipe)))
+            return pipe
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        ready.send(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, int]:
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=target, args=(*args, child), daemon=True)
+    process.start()
+    if not parent.poll(30):
+        process.kill()
+        raise RuntimeError(f"{target.__name__} did not start")
+    return process, parent.recv()
+
+
+# -- load generator ---------------------------------------------------------------------------
+class _Client(asyncio.Protocol):
+    """One terminal connection: one request in flight at a time (as a CBCOM session is)."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        self.index = 0
+        self.framer = LengthPrefixFramer(2, 8192)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.last = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.framer.feed(data):
+            self.last = frame
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    async def exchange(self) -> float:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        frame = self.frames[self.index % len(self.frames)]
+        self.index += 1
+        started = time.perf_counter()
+        self.transport.write(frame)
+        await asyncio.wait_for(self.waiter, 5)
+        return time.perf_counter() - started
+
+
+async def _connect(port: int, count: int) -> list[_Client]:
+    loop = asyncio.get_running_loop()
+    clients = []
+    for n in range(count):
+        _, client = await loop.create_connection(lambda n=n: _Client(FRAMES[n]),
+                                                 "127.0.0.1", port)
+        clients.append(client)
+    return clients
+
+
+async def _throughput(port: int, seconds: float) -> float:
+    clients = await _connect(port, CONNECTIONS)
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(client: _Client) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await client.exchange()
+            done += 1
+
+    for client in clients[:4]:  # warm up layouts, links, caches
+        await client.exchange()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    elapsed = time.perf_counter() - started
+    _check_approved(clients)
+    return done / elapsed
+
+
+def _check_approved(clients: list[_Client]) -> None:
+    """Every connection's last answer must be an approval, or the figures mean nothing."""
+    cb2a = get_profile("cb2a")
+    for client in clients:
+        code = Message.parse(client.last, cb2a).get(39)
+        if code != "00":
+            raise SystemExit(f"benchmark invalid: an answer carried 39={code}")
+        assert client.transport is not None
+        client.transport.close()
+
+
+async def _paced(port: int, rate: float, seconds: float) -> list[float]:
+    """Open loop: one request every 1/rate s on the next idle connection; latencies in s."""
+    clients = await _connect(port, 16)
+    for client in clients:
+        await client.exchange()
+    idle = list(clients)
+    latencies: list[float] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(client: _Client) -> None:
+        latencies.append(await client.exchange())
+        idle.append(client)
+
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    sent = 0
+    while (now := time.perf_counter()) - started < seconds:
+        due = started + sent * interval
+        if now < due:
+            await asyncio.sleep(due - now)
+            continue
+        sent += 1
+        if idle:
+            task = asyncio.create_task(one(idle.pop()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    _check_approved(clients)
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+FRAMES: list[list[bytes]] = []
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    seconds = 4.0 if args.quick else 15.0
+    FRAMES.extend(_frames(n) for n in range(CONNECTIONS))
+    processes = []
+    try:
+        sim93, port93 = _spawn(_run_sim, "iso93-binary")
+        simcb, portcb = _spawn(_run_sim, "cb2a")
+        switchd, switchd_port = _spawn(_run_switchd, port93)
+        relay, relay_port = _spawn(_run_relay, portcb)
+        processes = [sim93, simcb, switchd, relay]
+
+        async def measure() -> dict[str, Any]:
+            relay_rate = await _throughput(relay_port, seconds)
+            switchd_rate = await _throughput(switchd_port, seconds)
+            direct = await _paced(portcb, 1000, seconds)
+            through = await _paced(switchd_port, 1000, seconds)
+            return {"relay": relay_rate, "switchd": switchd_rate, "direct": direct,
+                    "through": through}
+
+        raw = uvloop.run(measure())
+    finally:
+        for process in processes:
+            process.kill()
+            process.join(5)
+    ms = 1000.0
+    figures = {
+        "relay_auth_per_s": round(raw["relay"]),
+        "switchd_auth_per_s": round(raw["switchd"]),
+        "ratio_to_relay": round(raw["switchd"] / raw["relay"], 3),
+        "paced_rate": 1000,
+        "paced_requests": len(raw["through"]),
+        "direct_p50_ms": round(_pct(raw["direct"], 0.5) * ms, 3),
+        "direct_p99_ms": round(_pct(raw["direct"], 0.99) * ms, 3),
+        "switchd_p50_ms": round(_pct(raw["through"], 0.5) * ms, 3),
+        "switchd_p99_ms": round(_pct(raw["through"], 0.99) * ms, 3),
+    }
+    figures["added_p50_ms"] = round(figures["switchd_p50_ms"] - figures["direct_p50_ms"], 3)
+    figures["added_p99_ms"] = round(figures["switchd_p99_ms"] - figures["direct_p99_ms"], 3)
+    figures["mean_added_ms"] = round(
+        (statistics.fmean(raw["through"]) - statistics.fmean(raw["direct"])) * ms, 3)
+    met = {
+        "ratio_to_relay": figures["ratio_to_relay"] >= TARGETS["ratio_to_relay"],
+        "switchd_auth_per_s": figures["switchd_auth_per_s"] >= TARGETS["switchd_auth_per_s"],
+        "added_p99_ms": figures["added_p99_ms"] <= TARGETS["added_p99_ms"],
+    }
+    report = {
+        "benchmark": "auth", "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "quick": args.quick, "seconds_per_phase": seconds, "connections": CONNECTIONS,
+        "figures": figures, "targets": TARGETS, "met": met,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

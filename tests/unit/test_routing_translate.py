@@ -1,0 +1,89 @@
+"""Translation between the terminal's CB2A and each acquirer profile, and the MUX keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from passerelle.codecs.iso8583 import Message, encode
+from passerelle.codecs.profiles import get_profile
+from passerelle.routing import translate
+from passerelle.routing.settings import AcquirerSettings
+
+CB2A = get_profile("cb2a")
+VECTORS = Path("/work/shared/vectors/cb2a")
+NOW = datetime(2026, 1, 24, 16, 37, tzinfo=UTC)
+
+
+def _vector(name: str) -> Message:
+    return Message.parse(bytes.fromhex((VECTORS / f"{name}.hex").read_text().strip()), CB2A)
+
+
+def _acquirer(profile: str, **extra: object) -> AcquirerSettings:
+    return AcquirerSettings(name="a", host="h", port=1, profile=profile,  # type: ignore[arg-type]
+                            acquirer_id="12345", **extra)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("vector", ["0100-emv", "0100-stripe"])
+@pytest.mark.parametrize("profile", ["iso93-binary", "iso87-ascii"])
+def test_raw_copied_fields_give_the_same_bytes_as_encoding_every_value(
+        vector: str, profile: str) -> None:
+    request = _vector(vector)
+    wire, key = translate.to_acquirer(request, _acquirer(profile), NOW)
+    target = get_profile(profile)
+    out = Message.parse(wire, target)
+    assert wire == encode(target, out.mti, out.to_dict())
+    for n in (2, 3, 4, 11, 14, 37, 41, 42, 49):
+        if n in request:
+            assert out.get(n) == request.get(n)
+    assert out.get(32) == "12345"
+    assert key == translate.key_of(out, translate.answer_mti(out.mti))
+    if profile == "iso93-binary":
+        assert out.mti == "1100" and out.get(12) == f"26{request.get(13)}{request.get(12)}"
+    if 55 in request:
+        icc = out.get(55)
+        pairs = translate.ber_decode(icc) if isinstance(icc, bytes) else icc
+        sent = tuple(item for item in request.get(55) if item[0] not in ("DF80", "DF81"))
+        assert translate.ber_to_cb(pairs) == sent
+
+
+def test_a_reversal_shares_the_key_but_never_the_answer_mti() -> None:
+    acquirer = _acquirer("iso93-binary")
+    wire, key = translate.to_acquirer(_vector("0100-emv"), acquirer, NOW)
+    reversal, reversal_key = translate.follow_up(wire, acquirer, "reversal")
+    _, advice_key = translate.follow_up(wire, acquirer, "advice", {38: "S00001"})
+    assert key[0] == "1110" and reversal_key[0] == "1430" and advice_key[0] == "1130"
+    assert key[1:] == reversal_key[1:] == advice_key[1:]
+    message = Message.parse(reversal, get_profile("iso93-binary"))
+    assert 35 not in message and 55 not in message and message.get(56).startswith("1100000351")
+
+
+def test_action_codes_map_to_cb_codes_with_per_acquirer_overrides() -> None:
+    iso93 = get_profile("iso93-binary")
+    default = _acquirer("iso93-binary")
+    custom = _acquirer("iso93-binary", response_codes={"116": "05"})
+    for code, cb in (("000", "00"), ("116", "51"), ("101", "54"), ("999", "05")):
+        answer = Message.parse(encode(iso93, "1110", {39: code}), iso93)
+        assert translate.from_acquirer(answer, default).code == cb
+    answer = Message.parse(encode(iso93, "1110", {39: "116", 38: "A1B2C3", 44: "AB02XY"}), iso93)
+    outcome = translate.from_acquirer(answer, custom)
+    assert (outcome.code, outcome.approval, outcome.additional) == ("05", "A1B2C3",
+                                                                     (("AB", "XY"),))
+
+
+def test_the_0110_keeps_the_request_and_drops_track_data() -> None:
+    request = _vector("0100-stripe")
+    answer = Message.parse(translate.terminal_answer(request, "00", approval="123456"), CB2A)
+    assert answer.mti == "0110" and answer.get(39) == "00" and answer.get(38) == "123456"
+    assert 35 not in answer and answer.get(2) == request.get(2)
+    assert all(tag != "0101" for tag, _ in answer.get(59))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["91", "71", "72", "5F24", "9F36", "DF8101"]),
+                          st.binary(max_size=200)), max_size=5))
+def test_ber_round_trip(items: list[tuple[str, bytes]]) -> None:
+    assert translate.ber_decode(translate.ber_encode(items)) == tuple(items)
