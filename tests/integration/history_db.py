@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from passerelle.sim.history import HistorySpec, write_history
 
-END = date(2026, 11, 15)
+END = date(2026, 11, 21)  # the terminal replacement falls on 2026-11-07
 SPEC = HistorySpec(terminals=6, days=30, end=END, seed=1)
 
 

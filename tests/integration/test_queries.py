@@ -152,6 +152,7 @@ def test_replaced_terminal_history_stays_under_its_contracts(conn, all_remises) 
     old = [r for r in all_remises if r.terminal_serial == "VER0100001"]
     new = [r for r in all_remises if r.terminal_serial == "PAX01R0001"]
     move_day = SPEC.first_day().toordinal() + SPEC.days // 2
+    assert 5 <= date.fromordinal(move_day).day <= 25, "the replacement must be mid-month"
     before = {r.contract_number for r in old if paris_day(r.collected_at).toordinal()
               < move_day}
     after = {r.contract_number for r in old if paris_day(r.collected_at).toordinal()
@@ -175,8 +176,8 @@ def test_replaced_terminal_history_stays_under_its_contracts(conn, all_remises) 
 
 
 TRANSACTION_CASES: list[tuple[str, dict[str, Any], Callable[[Any], bool]]] = [
-    ("date range", {"date_from": date(2026, 10, 20), "date_to": date(2026, 10, 21)},
-     lambda t: date(2026, 10, 20) <= paris_day(t.tx_at) <= date(2026, 10, 21)),
+    ("date range", {"date_from": date(2026, 10, 24), "date_to": date(2026, 10, 25)},
+     lambda t: date(2026, 10, 24) <= paris_day(t.tx_at) <= date(2026, 10, 25)),
     ("remise state", {"remise_state": "difference"}, lambda t: t.remise_state == "difference"),
     ("application", {"application": "AMEX"}, lambda t: t.application == "AMEX"),
     ("contract", {"contract_number": "0221803"}, lambda t: t.contract_number == "0221803"),
