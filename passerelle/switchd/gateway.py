@@ -29,11 +29,13 @@ from typing import Any
 
 import msgspec
 import uvloop
+from prometheus_client import Gauge
 
 from passerelle.config import ConfigError, Settings, parse_config
 from passerelle.storage.db import StorageError, settings_from_table
 from passerelle.storage.pan import PanHmacKey
 from passerelle.storage.runtime import Storage
+from passerelle.storage.spool import Spool
 from passerelle.switchd import logs
 from passerelle.switchd.dispatch import default_registry
 from passerelle.switchd.server import Daemon
@@ -99,6 +101,14 @@ def _pan_key(settings: TelecollecteSettings, state_dir: Path, log: Any) -> PanHm
     return PanHmacKey.from_hex(settings.pan_hmac_key_version, path.read_text().strip())
 
 
+def _pending_bytes(spool: Spool) -> float:
+    total = 0
+    for segment in spool.segments():
+        with contextlib.suppress(FileNotFoundError):  # replayed and removed meanwhile
+            total += segment.stat().st_size
+    return total
+
+
 class Gateway:
     """Storage (`passerelle.storage.runtime.Storage`) + the daemon, in the right order."""
 
@@ -131,6 +141,11 @@ class Gateway:
         register(registry, services)
         self.daemon = Daemon(self.settings, registry=registry)
         services.metrics = TelecollecteMetrics(self.daemon.metrics.registry)
+        spool = storage.spool
+        Gauge("storage_spool_pending_bytes",
+              "Bytes of remises waiting in the spool journal for PostgreSQL",
+              registry=self.daemon.metrics.registry).set_function(
+                  lambda: _pending_bytes(spool))
 
     async def stop(self) -> None:
         """Drain the daemon (0516s in flight are sent), then close storage."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
 from passerelle.sim.telecollecte import FileResult, dial, generate_batches, telecollecte
 from passerelle.storage.embedded import EmbeddedPostgres
@@ -31,6 +33,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 TERMINALS = 20
 STOP_AFTER = 8  # remises stored before PostgreSQL goes away
 RESTART_AFTER = 12  # remises spooled before it comes back
+
+
+def _restart(server: EmbeddedPostgres, timeout: float = 30.0) -> None:
+    """Start the server again once the stopped postmaster has really exited (its pid file
+    gone): attaching to a postmaster still shutting down would fail."""
+    deadline = time.monotonic() + timeout
+    pid_file = server.pgdata / "postmaster.pid"
+    while pid_file.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pid_file} still there after {timeout} s")
+        time.sleep(0.05)
+    server.start()
 
 
 def test_postgres_stopped_mid_run_loses_nothing_acknowledged(
@@ -63,7 +77,7 @@ def test_postgres_stopped_mid_run_loses_nothing_acknowledged(
                     elif outcomes.count("spooled") == RESTART_AFTER:
                         journal.extend(p.read_bytes() for p in
                                        (tmp_path / "state" / "spool").glob("journal-*"))
-                        await asyncio.to_thread(server.start)
+                        await asyncio.to_thread(_restart, server)
                     return outcome
 
                 sink.store = store  # type: ignore[method-assign]
@@ -71,12 +85,16 @@ def test_postgres_stopped_mid_run_loses_nothing_acknowledged(
                     telecollecte(lambda: dial("cbcom", "127.0.0.1", port(gateway, "cbcom")),
                                  batches, window=4) for batches in fleet))
                 if server.dsn is None:  # every remise went by before the threshold
-                    await asyncio.to_thread(server.start)
+                    await asyncio.to_thread(_restart, server)
                 for _ in range(50):  # each pass is a real replay; the pool reconnects
                     await gateway.storage.replay_now()
                     if not await asyncio.to_thread(gateway.storage.spool.has_pending):
                         break
                 assert not gateway.storage.spool.has_pending()
+                assert gateway.daemon is not None
+                metrics = generate_latest(gateway.daemon.metrics.registry).decode()
+                assert 'telecollecte_remises_total{outcome="spooled"}' in metrics
+                assert "storage_spool_pending_bytes 0.0" in metrics
             return [r for rs in results for r in rs]
 
         results = asyncio.run(scenario())
