@@ -1,0 +1,126 @@
+"""The télécollecte field usage: what a terminal sends is what the remise holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from passerelle.codecs.iso8583 import Message, encode
+from passerelle.sim.telecollecte import (
+    CB2A,
+    Batch,
+    SimTransaction,
+    end_message,
+    generate_batches,
+    transaction_message,
+)
+from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac
+from passerelle.storage.remises import RemiseTotals
+from passerelle.switchd.telecollecte import (
+    Refused,
+    Telecollecte,
+    TelecollecteServices,
+    _declared_totals,
+    _File,
+    _local_time,
+    totals_fields,
+)
+
+KEY = PanHmacKey(version=3, key=b"k" * 32)
+
+
+def _dialogue(now: datetime | None = None) -> Telecollecte:
+    services = TelecollecteServices(sink=None, pan_key=KEY)  # type: ignore[arg-type]
+    if now is not None:
+        services.now = lambda: now
+    return Telecollecte(services)
+
+
+def _batch(count: int = 60, seed: int = 5) -> Batch:
+    return generate_batches(random.Random(seed), "TPE00001", "1234567", "CONECS", days=1,
+                            per_day=(count, count))[0]
+
+
+def test_every_transaction_field_reads_back_as_sent() -> None:
+    batch = _batch()
+    dialogue = _dialogue()
+    file = _File("CONECS", 978, 1, 1, len(batch.transactions), 8)
+    for number, tx in enumerate(batch.transactions, 1):
+        message = Message.parse(transaction_message(batch, number, tx), CB2A)
+        read = dialogue._read_transaction(message, file, number)
+        assert (read.seq, read.operation, read.amount, read.currency) == (
+            number, tx.operation, tx.amount, 978)
+        assert read.result == ("approved" if tx.response_code == "00" else "declined")
+        assert read.pan_masked == mask_pan(tx.pan)
+        assert (read.pan_hmac, read.pan_hmac_key_version) == pan_hmac(KEY, tx.pan)
+        assert tx.pan not in repr(read)
+        assert read.at == tx.at.replace(microsecond=0)
+        assert (read.expiry, read.rrn, read.authorization_number, read.response_code) == (
+            tx.expiry, tx.rrn, tx.authorization_number, tx.response_code)
+        assert (read.issuer, read.product, read.aid) == (tx.issuer, tx.product, tx.aid)
+    assert {t.operation for t in batch.transactions} == {"purchase", "refund", "cancellation"}
+
+
+def test_declared_totals_read_back_and_answer_in_the_same_fields() -> None:
+    batch = _batch()
+    declared = _declared_totals(Message.parse(end_message(batch), CB2A))
+    assert declared == RemiseTotals(**batch.totals())
+    answer = encode(CB2A, "0516", totals_fields(declared))
+    assert _declared_totals(Message.parse(answer, CB2A)) == declared
+
+
+def test_a_total_field_without_remise_meaning_must_be_zero() -> None:
+    message = Message.parse(encode(CB2A, "0506", {75: "0000000001"}), CB2A)
+    with pytest.raises(Refused) as refused:
+        _declared_totals(message)
+    assert (refused.value.code, refused.value.field) == ("30", 75)
+
+
+def test_a_date_without_year_is_the_latest_not_in_the_future() -> None:
+    # 31 December, 23:50 in Paris, read just after New Year: last year's.
+    message = Message.parse(encode(CB2A, "0246", {12: "235000", 13: "1231"}), CB2A)
+    at = _local_time(message, datetime(2027, 1, 1, 0, 5, tzinfo=UTC))
+    assert at == datetime(2026, 12, 31, 22, 50, tzinfo=UTC)
+    bad = Message.parse(encode(CB2A, "0246", {12: "250000", 13: "0230"}), CB2A)
+    with pytest.raises(Refused) as refused:
+        _local_time(bad, datetime(2027, 1, 1, tzinfo=UTC))
+    assert refused.value.code == "30"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"operation": "refund", "cancel": True}, 90),
+    ({"processing": "310000"}, 3),
+    ({"pan": "4970ABCD"}, 2),
+])
+def test_a_transaction_the_remise_cannot_hold_is_refused_naming_the_field(
+        change: dict[str, object], field: int) -> None:
+    batch = _batch(count=1)
+    tx = batch.transactions[0]
+    if change.get("cancel"):
+        tx = dataclasses.replace(tx, operation="cancellation")
+    message = transaction_message(batch, 1, tx)
+    values = Message.parse(message, CB2A).to_dict()
+    if change.get("cancel"):
+        values[3] = "200000"  # a refund with field 90: cancelling a refund
+    if "processing" in change:
+        values[3] = change["processing"]
+    if "pan" in change:
+        values[2] = "4970123"  # 7 digits: no card number
+    file = _File("CONECS", 978, 1, 1, 1, 8)
+    with pytest.raises(Refused) as refused:
+        _dialogue()._read_transaction(Message.parse(encode(CB2A, "0246", values), CB2A),
+                                      file, 1)
+    assert (refused.value.code, refused.value.field) == ("30", field)
+
+
+def test_a_refund_is_a_credit_and_a_declined_purchase_is_unauthorized() -> None:
+    at = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    batch = Batch("TPE00001", "1234567", "CBEMV", 1, 1, transactions=[
+        SimTransaction("4970101234567899", "refund", 500, at),
+        SimTransaction("4970101234567899", "purchase", 700, at, response_code="51"),
+    ])
+    assert _declared_totals(Message.parse(end_message(batch), CB2A)) == RemiseTotals(
+        refunds_count=1, refunds_amount=500, unauthorized_count=1, unauthorized_amount=700)
