@@ -21,6 +21,7 @@ import asyncio
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from passerelle.codecs.framing import FramingError, LengthPrefixFramer
@@ -104,8 +105,11 @@ class AcquirerSimulator:
     """`await sim.start()` binds (port 0 = any); `await sim.stop()` closes everything."""
 
     def __init__(self, profile: str = "iso93-binary", framing: int = 2,
-                 rules: Rules | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+                 rules: Rules | None = None, host: str = "127.0.0.1", port: int = 0, *,
+                 ssl: SSLContext | None = None) -> None:
         self.profile = get_profile(profile)
+        self.ssl = ssl
+        self.answer_network = True  # False: a half-dead host that ignores sign-on and echo
         self.framing = framing
         self.rules = rules or Rules()
         self.host = host
@@ -123,7 +127,7 @@ class AcquirerSimulator:
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Session(self), self.host, self.port,
-                                               reuse_address=True)
+                                               reuse_address=True, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
@@ -192,6 +196,8 @@ class AcquirerSimulator:
         function = mti[1:]
         out = translate.answer_mti(mti)
         if function in ("800", "804"):
+            if not self.answer_network:
+                return None
             return request.respond(out, {39: "800" if self.profile.name == "iso93-binary"
                                          else "00"})
         if function in ("420", "421", "120", "121"):
