@@ -225,18 +225,21 @@ def _mixed_specs() -> list[FieldSpec]:
         (Kind.B, Data.BINARY, {}, 8),
         (Kind.B, Data.HEX, {}, 16),
         (Kind.ANS, Data.BINARY, {"sub": "ascii-tlv"}, None),
+        (Kind.ANS, Data.ASCII, {"sub": "ascii-tlv"}, None),
+        (Kind.ANS, Data.EBCDIC, {"sub": "ascii-tlv"}, None),
         (Kind.B, Data.BINARY, {"sub": "cb-tlv"}, None),
         (Kind.B, Data.BINARY, {"sub": "ber-tlv"}, None),
         (Kind.B, Data.HEX, {"sub": "ber-tlv"}, None),
     ]
+    every_prefix = [(var, prefix, 99 if var == 2 else 300) for prefix in Prefix for var in (2, 3)]
+    # Sub-element fields: each prefix once, both prefix widths.
+    some_prefixes = [(2, Prefix.BINARY, 99), (3, Prefix.BCD, 300), (2, Prefix.ASCII, 99),
+                     (3, Prefix.EBCDIC, 300)]
     specs: list[FieldSpec] = []
     number = 2
     for kind, data, extra, fixed in variants:
-        layouts: list[tuple[int, Prefix, int]] = []
-        if fixed is not None:
-            layouts.append((0, Prefix.BINARY, fixed))
-        for prefix in Prefix:
-            layouts += [(2, prefix, 99), (3, prefix, 300)]
+        layouts = [(0, Prefix.BINARY, fixed)] if fixed is not None else []
+        layouts += some_prefixes if "sub" in extra else every_prefix
         for var, prefix, max_len in layouts:
             if number == 65:  # keep 65 free: some engines treat it as a bitmap
                 number += 1
