@@ -177,6 +177,7 @@ def _run(kind: str, kwargs: dict[str, Any], filters: Any) -> None:
         user_id = resolve_user(conn, kwargs["as_user"])
         show = is_tty_stderr() and output != "-"
         total = queries.count(conn, filters, user_id) if show else 0
+        cells: Callable[[Any], list[str]]
         if kind == "remises":
             rows: Iterable[Any] = queries.iter_remises(conn, filters, user_id)
             header, cells = REMISE_HEADER, remise_cells

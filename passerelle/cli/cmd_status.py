@@ -39,7 +39,8 @@ def _database_report(dsn: str | None, state_dir: str) -> dict[str, Any]:
     report: dict[str, Any] = {"reachable": False}
     try:
         with database(dsn, state_dir) as conn:
-            report["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
+            version = conn.execute("SHOW server_version").fetchone()
+            report["server_version"] = version[0] if version else None
             report["reachable"] = True
             report["saf"] = {r[0]: r[1] for r in conn.execute(
                 "SELECT acquirer, count(*) FROM saf WHERE delivered_at IS NULL"

@@ -45,6 +45,7 @@ from passerelle.storage.remises import (
     COPY_TRANSACTIONS,
     COPY_TYPES,
     STATUS_CORRECT,
+    Operation,
     Remise,
     RemiseTotals,
     RemiseTransaction,
@@ -158,7 +159,8 @@ def build_fleet(spec: HistorySpec) -> Fleet:
     """Merchants, contracts and terminals of the spec (no database)."""
     rng = random.Random(spec.seed)  # noqa: S311 - reproducible synthetic data
     n_merchants = max(1, (spec.terminals + 1) // 2)
-    merchants, contracts = [], []
+    merchants: list[tuple[str, str, str, str]] = []
+    contracts: list[FleetContract] = []
     for m in range(n_merchants):
         trade = TRADES[m % len(TRADES)] + ("" if m < len(TRADES) else f" {m // len(TRADES)}")
         city = CITIES[m % len(CITIES)]
@@ -168,20 +170,19 @@ def build_fleet(spec: HistorySpec) -> Fleet:
         number = f"{(m * 104729 + 12345) % 10**7:07d}"  # some start with 0
         if m == 0:
             number = "0012345"
-        common = {"merchant": m, "rang": f"{1 + m % 3:03d}", "trade_name": trade,
-                  "siret": siret, "city": city}
-        for app in ("CBEMV", "CBCLESS"):
-            contracts.append(FleetContract(contract_number=number, application=app,
-                                           bank_code=bank_code, acquirer=acquirer,
-                                           label=f"{trade} {app}", **common))
+        rang = f"{1 + m % 3:03d}"
+        offers = [(number, "CBEMV", bank_code, acquirer, f"{trade} CBEMV"),
+                  (number, "CBCLESS", bank_code, acquirer, f"{trade} CBCLESS")]
         if m % 2 == 1:
-            contracts.append(FleetContract(contract_number=f"9{m:09d}", application="AMEX",
-                                           bank_code="99001", acquirer="AMEX",
-                                           label=f"{trade} AMEX", **common))
+            offers.append((f"9{m:09d}", "AMEX", "99001", "AMEX", f"{trade} AMEX"))
         if m % 3 == 1:
-            contracts.append(FleetContract(contract_number=f"C{m:07d}", application="CONECS",
-                                           bank_code="99002", acquirer="CONECS",
-                                           label=f"{trade} TITRES RESTAURANT", **common))
+            offers.append((f"C{m:07d}", "CONECS", "99002", "CONECS",
+                           f"{trade} TITRES RESTAURANT"))
+        contracts.extend(
+            FleetContract(merchant=m, contract_number=num, application=app, bank_code=bank,
+                          rang=rang, acquirer=acq, label=label, trade_name=trade,
+                          siret=siret, city=city)
+            for num, app, bank, acq, label in offers)
     terminals = []
     for t in range(spec.terminals):
         maker = MAKERS[t % len(MAKERS)]
@@ -262,13 +263,15 @@ class _Cards:
     """A pool of cards per family: customers come back, which card searches rely on."""
 
     def __init__(self, rng: random.Random) -> None:
-        self.cb = [(KNOWN_PAN, "CB VISA", "A0000000421010", "BNP PARIBAS")]
+        self.cb: list[tuple[str, str, str | None, str]] = [
+            (KNOWN_PAN, "CB VISA", "A0000000421010", "BNP PARIBAS")]
         for _ in range(400):
             bin_, product, aid = rng.choice(CB_CARDS)
             self.cb.append((_pan(rng, bin_), product, aid, rng.choice(CB_BANKS)[1]))
-        self.amex = [(_pan(rng, AMEX_CARD[0]), AMEX_CARD[1], AMEX_CARD[2], "AMERICAN EXPRESS")
-                     for _ in range(60)]
-        self.conecs = []
+        self.amex: list[tuple[str, str, str | None, str]] = [
+            (_pan(rng, AMEX_CARD[0]), AMEX_CARD[1], AMEX_CARD[2], "AMERICAN EXPRESS")
+            for _ in range(60)]
+        self.conecs: list[tuple[str, str, str | None, str]] = []
         for _ in range(120):
             issuer, bin_ = rng.choice(CONECS_ISSUERS)
             self.conecs.append((_pan(rng, bin_), "TITRE-RESTAURANT", None, issuer))
@@ -345,7 +348,8 @@ def _transaction(rng: random.Random, cards: _Cards, key: PanHmacKey, app: str, d
         pan, product, aid, issuer = cards.cb[0] if first_use else rng.choice(cards.cb)
         amount = rng.randint(100, 15000) if app == "CBEMV" else rng.randint(100, 5000)
     roll = rng.random()
-    operation = "refund" if roll < 0.03 else "cancellation" if roll < 0.05 else "purchase"
+    operation: Operation = ("refund" if roll < 0.03 else "cancellation" if roll < 0.05
+                            else "purchase")
     declined = not first_use and rng.random() < 0.04
     at = datetime.combine(day, time(8), PARIS) + timedelta(seconds=rng.randint(0, 12 * 3600))
     digest, version = cards.digest(pan, key)

@@ -232,7 +232,7 @@ def _like_escape(text: str) -> str:
 
 def build_where(
     table: _Table, filters: _Common, user_id: int | None
-) -> tuple[sql.Composable, dict[str, Any]]:
+) -> tuple[sql.Composed, dict[str, Any]]:
     """The WHERE clause (without the keyword) and its parameters for `filters`."""
     preds: list[sql.Composable] = []
     params: dict[str, Any] = {}
@@ -293,7 +293,7 @@ def build_where(
             user_id,
         )
     if not preds:
-        return sql.SQL("true"), params
+        return sql.Composed([sql.SQL("true")]), params
     return sql.SQL(" AND ").join(preds), params
 
 
@@ -339,7 +339,7 @@ def build_search(
     limit: int = DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
     offset: int | None = None,
-) -> tuple[sql.Composable, dict[str, Any], str, int]:
+) -> tuple[sql.Composed, dict[str, Any], str, int]:
     """SQL, parameters, sort column and page size of one page of a search."""
     table = _table_for(filters)
     if sort not in table.sorts:
@@ -434,7 +434,7 @@ def build_totals(
     *,
     user_id: int | None = None,
     group_by: GroupBy | None = None,
-) -> tuple[sql.Composable, dict[str, Any]]:
+) -> tuple[sql.Composed, dict[str, Any]]:
     """SQL and parameters of the totals of a search, by currency (and group)."""
     table = _table_for(filters)
     where, params = build_where(table, filters, user_id)
