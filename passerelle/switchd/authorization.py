@@ -124,6 +124,7 @@ class AuthServices:
     pan_key: PanHmacKey | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self, wait_links: float = 0.0) -> None:
         for link in self.links.values():
@@ -138,10 +139,16 @@ class AuthServices:
             await asyncio.gather(*(link.wait_up(wait_links) for link in self.links.values()))
 
     async def close(self) -> None:
-        """Stop SAF delivery, let queued SAF writes finish, close links, flush the log."""
+        """Stop SAF delivery, let queued SAF writes finish, close links, flush the log.
+
+        SAF delivery is asked to stop, not cancelled: a message the acquirer acknowledged
+        must be marked delivered before we go, or another node would send it again.
+        """
+        self.stopping.set()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=self.settings.saf.attempt_timeout + 2)
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.tasks.clear()
@@ -200,7 +207,7 @@ class AuthServices:
                 raise RoutingError(f"{item.kind} refused with code {code or 'none'}")
             self.metrics.saf_delivered.labels(name, item.kind).inc()
 
-        while True:
+        while not self.stopping.is_set():
             try:
                 depth = (await self.saf.depth()).get(name, 0)
                 self.metrics.saf_depth.labels(name).set(depth)
@@ -209,7 +216,8 @@ class AuthServices:
                                            backoff_min=s.backoff_min, backoff_max=s.backoff_max)
             except StorageError as error:
                 log.warning("auth.saf_delivery_failed", acquirer=name, error=str(error))
-            await asyncio.sleep(s.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), s.interval)
 
 
 def _pan_and_expiry(message: Message) -> tuple[str, str | None]:
@@ -338,8 +346,9 @@ class Authorizer:
         if first is None or self.s.saf is None:
             return self._answer(message, state, "91")
         acquirer = first.settings
-        limit = acquirer.floor_limit(state.contract, state.application, state.currency)
-        if state.amount > limit:
+        limit = acquirer.floor_limit(state.contract, state.application or "",
+                                     state.currency or 0)
+        if (state.amount or 0) > limit:
             return self._answer(message, state, "91")
         approval = f"S{next(self._stand_in_numbers) % 100_000:05d}"
         try:

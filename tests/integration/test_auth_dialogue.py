@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
 from passerelle.sim.acquirer import Rules
 from passerelle.sim.terminal import Terminal
@@ -122,12 +123,23 @@ def test_timeout_answers_before_the_deadline_and_reverses(tmp_path: Path, db_dsn
             # Both timed out: stand-in under the 30.00 EUR floor limit, advice queued.
             assert answer.get(39) == "00"
             assert answer.get(38).startswith("S")
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                await _until(lambda: conn.execute(
+                    "SELECT count(*) FROM saf WHERE delivered_at IS NOT NULL").fetchone()[0] == 3)
             for name in ("acq-a", "acq-b"):
-                await _until(lambda n=name: stack.sims[n].received["reversal"].total() == 1)
-            await _until(lambda: stack.sims["acq-a"].received["advice"].total() == 1)
+                assert stack.sims[name].received["reversal"].total() == 1
+            assert stack.sims["acq-a"].received["advice"].total() == 1
             # acq-a's late approval arrived after its timeout: a stray, not an answer.
             await _until(lambda: stack.services.links["acq-a"].mux.strays["late"] == 1)
             await stack.services.authlog.flush()
+            metrics = generate_latest(stack.services.metrics.registry).decode()
+            assert 'passerelle_stand_in_total{application="CBEMV"} 1.0' in metrics
+            assert ('passerelle_authorizations_total{acquirer="acq-a",application="CBEMV",'
+                    'result="00-standin"} 1.0') in metrics
+            assert 'passerelle_acquirer_stray_answers_total{acquirer="acq-a",kind="late"} 1.0' \
+                in metrics
+            assert 'passerelle_saf_delivered_total{acquirer="acq-b",kind="reversal"} 1.0' \
+                in metrics
         with psycopg.connect(db_dsn) as conn:
             rows = conn.execute("SELECT pan_masked, response_code, stand_in, amount, acquirer,"
                                 " length(pan_hmac) FROM authorizations").fetchall()

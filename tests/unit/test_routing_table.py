@@ -203,3 +203,19 @@ def test_application_from_the_vectors_aid_entry_mode_and_contract() -> None:
     assert read_application(made("010", None, "3530111122223333"), "3530111122223333") == "JCBVAD"
     assert read_application(made("051", "A0000000651010", "3530"), "3530") == "JCBEMV"
     assert read_application(made("071", "A0000006340101", "5"), "5") == "CONECSLESS"
+
+
+def test_check_config_reads_the_routes_table_and_its_file(tmp_path: Path) -> None:
+    from passerelle.routing.check import check_config
+
+    path = tmp_path / "routes.toml"
+    path.write_text('[[route]]\nacquirers = ["a"]\n')
+    acquirer = {"name": "a", "host": "h", "port": 1}
+    assert check_config({"path": str(path), "acquirers": [acquirer]}) == []
+    assert check_config({"path": str(path), "acquirers": [{**acquirer, "port": 0}]})[0] \
+        .startswith("routes: Expected `int` >= 1 - at `$.acquirers[0].port`")
+    assert check_config({"path": str(path), "acquirers": [
+        {**acquirer, "name": "b", "response_timeout": 20.0}]}) == [
+        "routes.acquirers (b): response_timeout 20.0 s leaves no time for failover before "
+        "the 15.0 s deadline",
+        "route 'route-1': unknown acquirer 'a'"]
