@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -51,7 +52,9 @@ class Notifier:
         self.notify("WATCHDOG=1")
 
     def reloading(self) -> None:
-        self.notify("RELOADING=1")
+        # systemd >= 253 wants the reload's start time with it (Type=notify-reload requires it).
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")
