@@ -112,6 +112,10 @@ class AuthorizationSettings(_Section):
     currencies: list[Currency] = msgspec.field(default_factory=lambda: [978])
     max_amount: Minor = 99_999_999
     directory_ttl: Seconds = 60.0  # in-memory cache of terminals/contracts read from the DB
+    # A directory query slower than this serves the cache (or configuration) instead, and
+    # the database is left alone for `directory_retry` s: terminals never wait for it.
+    directory_timeout: Seconds = 0.5
+    directory_retry: Seconds = 5.0
     terminals: list[TerminalEntry] = msgspec.field(default_factory=list)
     contracts: list[ContractEntry] = msgspec.field(default_factory=list)
 

@@ -67,14 +67,18 @@ class TerminalInfo:
 class Directory:
     """Terminal -> contract, from PostgreSQL (cached `directory_ttl` s) or configuration.
 
-    A database error keeps serving the cached entry, however old: terminals must not be
-    refused because the database is away.
+    A slow or failed query serves the cached entry, however old, then configuration, and
+    leaves the database alone for `directory_retry` s: terminals must not be refused, or
+    kept waiting, because the database is away.
     """
 
     def __init__(self, settings: RoutingSettings, pool: Any = None) -> None:
         auth = settings.authorization
         self.pool = pool
         self.ttl = auth.directory_ttl
+        self.timeout = auth.directory_timeout
+        self.retry = auth.directory_retry
+        self._down_until = 0.0
         contracts = {c.number: c for c in auth.contracts}
         self._configured = {
             t.terminal_id.strip(): TerminalInfo(
@@ -89,18 +93,21 @@ class Directory:
             return self._configured.get(terminal_id)
         now = time.monotonic()
         cached = self._cache.get(terminal_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and (cached[0] > now or now < self._down_until):
+            return cached[1] or self._configured.get(terminal_id)
+        if now < self._down_until:
+            return self._configured.get(terminal_id)
         try:
-            async with self.pool.connection() as conn:
+            async with asyncio.timeout(self.timeout), self.pool.connection() as conn:
                 cursor = await conn.execute(
                     "SELECT c.contract_number, c.application, c.active AND t.active"
                     " FROM terminals t JOIN contracts c ON c.id = t.contract_id"
                     " WHERE t.serial = %s", (terminal_id,))
                 row = await cursor.fetchone()
-        except Exception as error:
-            log.warning("auth.directory_unavailable", error=str(error))
-            if cached is not None:
+        except Exception as error:  # any database failure: serve the cache
+            self._down_until = time.monotonic() + self.retry
+            log.warning("auth.directory_unavailable", error=str(error) or type(error).__name__)
+            if cached is not None and cached[1] is not None:
                 return cached[1]
             return self._configured.get(terminal_id)
         info = TerminalInfo(row[0], row[1], bool(row[2])) if row else None

@@ -157,3 +157,31 @@ def test_authorization_log_spools_while_the_database_is_away(db_dsn: str,
         assert amounts == list(range(1, 501))
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_directory_serves_cache_then_configuration_while_the_database_is_away(
+        db_dsn: str) -> None:
+    from passerelle.routing.settings import routing_settings
+    from passerelle.switchd.authorization import Directory
+    from tests.integration.auth_helpers import setup_directory
+
+    setup_directory(db_dsn, ("TPE00001", "TPE00002"))
+    settings = routing_settings({"authorization": {
+        "directory_timeout": 0.3, "directory_ttl": 0.01,
+        "terminals": [{"terminal_id": "TPE00009", "contract": "999"}]}})
+
+    async def scenario() -> None:
+        async with open_pool(db_dsn) as pool:
+            directory = Directory(settings, pool)
+            assert (await directory.lookup("TPE00001")).contract == "1234567"
+            assert await directory.lookup("NOBODY") is None
+        async with open_pool(DOWN_DSN, FAST) as down:
+            directory.pool = down  # the database goes away
+            await asyncio.sleep(0.02)  # past the cache TTL
+            started = asyncio.get_running_loop().time()
+            assert (await directory.lookup("TPE00001")).contract == "1234567"  # stale cache
+            assert (await directory.lookup("TPE00009")).contract == "999"  # configuration
+            assert await directory.lookup("TPE00002") is None  # never cached, not configured
+            assert asyncio.get_running_loop().time() - started < 1.0
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
