@@ -203,7 +203,7 @@ class NotifySocket:
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
-def test_sd_notify_ready_watchdog_stopping_and_sigterm_drain(tmp_path: Path,
+def test_sd_notify_ready_watchdog_reload_stopping_and_sigterm_drain(tmp_path: Path,
                                                              abstract: bool) -> None:
     notify = NotifySocket(abstract)
     env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "200000"}
@@ -212,6 +212,9 @@ def test_sd_notify_ready_watchdog_stopping_and_sigterm_drain(tmp_path: Path,
         try:
             assert "READY=1" in "\n".join(notify.expect("READY=1"))
             notify.expect("WATCHDOG=1")
+            process.signal(signal.SIGHUP)
+            notify.expect("RELOADING=1")
+            notify.expect("READY=1")  # reload done
 
             async def scenario() -> None:
                 cbcom_tpe = await Terminal.dial_cbcom("127.0.0.1", process.port("cbcom"))
