@@ -12,7 +12,7 @@ from passerelle.codecs.iso8583 import Message, encode
 from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import get_profile
 from tests.cb2a_vectors import NAMES, SECRETS, VECTORS, load
-from tests.strategies import FUZZ, ROUND_TRIP, full_pans_in, pans, tracks2
+from tests.strategies import FUZZ, MEDIUM, QUICK, ROUND_TRIP, full_pans_in, pans, tracks2
 
 CB2A = get_profile("cb2a")
 needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no vectors in {VECTORS}")
@@ -157,7 +157,7 @@ def card_messages(draw: st.DrawFn, profile: Profile) -> tuple[dict[int, object],
 
 
 @pytest.mark.parametrize("name", ["cb2a", "cb2a-ebcdic", "iso93-binary", "iso87-ascii"])
-@ROUND_TRIP
+@MEDIUM
 @given(data=st.data())
 def test_generated_card_data_is_masked(name: str, data: st.DataObject) -> None:
     profile = get_profile(name)
@@ -196,7 +196,7 @@ def test_errors_about_card_data_show_none(name: str, data: st.DataObject) -> Non
 
 
 @given(pan=pans())
-@ROUND_TRIP
+@QUICK
 def test_encode_errors_show_no_card_data(pan: str) -> None:
     for values in ({2: pan + "X"}, {2: pan + "0" * 19}, {35: pan + "=X"},
                    {35: pan + "=" + "1" * 40}, {2: pan, 3: "bad"}):

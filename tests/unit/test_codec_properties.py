@@ -13,6 +13,7 @@ from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import PROFILES
 from passerelle.codecs.subfields import SUBFIELD_CODECS
 from tests.strategies import (
+    MEDIUM,
     QUICK,
     ROUND_TRIP,
     ber_tags,
@@ -66,7 +67,7 @@ def test_message_round_trip(name: str, data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
-@ROUND_TRIP
+@MEDIUM
 @given(data=st.data())
 def test_secondary_bitmap_round_trip(name: str, data: st.DataObject) -> None:
     """At least one field above 64: the secondary bitmap is sent, and only then."""
@@ -96,7 +97,7 @@ def _every_field() -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
-@ROUND_TRIP
+@MEDIUM
 @given(data=st.data())
 def test_single_field_round_trip(name: str, data: st.DataObject) -> None:
     """Any one field alone, at its extreme lengths too (0, max) for variable fields."""
@@ -178,7 +179,7 @@ def test_every_field_over_its_maximum_is_refused(name: str, number: int) -> None
 
 # -- sub-elements -------------------------------------------------------------------------
 @pytest.mark.parametrize("codec", sorted(SUBFIELD_CODECS))
-@ROUND_TRIP
+@MEDIUM
 @given(data=st.data())
 def test_sub_element_codec_round_trip(codec: str, data: st.DataObject) -> None:
     spec = FieldSpec(55, "test", _kind_for(codec), 999, 3, Prefix.ASCII, Data.BINARY, sub=codec)

@@ -25,7 +25,7 @@ from passerelle.codecs.profiles import PROFILES, get_profile
 from passerelle.codecs.pyiso_spec import pyiso_spec
 from passerelle.codecs.subfields import SUBFIELD_CODECS
 from tests.cb2a_vectors import NAMES, VECTORS, load
-from tests.strategies import ROUND_TRIP, defined_numbers, messages
+from tests.strategies import MEDIUM, ROUND_TRIP, defined_numbers, messages
 
 ISO87 = get_profile("iso87-ascii")
 PROFILE_NAMES = sorted(PROFILES)
@@ -109,7 +109,7 @@ def test_same_bytes_same_values(name: str, data: st.DataObject) -> None:
     assert list(msg.numbers) == [int(k) for k in _fields(theirs) if k != "t"]
 
 
-@ROUND_TRIP
+@MEDIUM
 @given(data=st.data())
 def test_iso87_pyiso_built_messages_decode_alike(data: st.DataObject) -> None:
     """Messages built by pyiso8583 from text values (digits, printable ASCII, hex)."""
