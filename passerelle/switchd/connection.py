@@ -123,7 +123,10 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.reason = "peer closed"
-        return None  # let the transport close itself
+        if self.idle or self.closed:
+            return None  # let the transport close itself
+        self.closing = True  # half-closed with a dialogue in flight: answer, then close
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
