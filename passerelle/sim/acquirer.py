@@ -106,7 +106,7 @@ class AcquirerSimulator:
 
     def __init__(self, profile: str = "iso93-binary", framing: int = 2,
                  rules: Rules | None = None, host: str = "127.0.0.1", port: int = 0, *,
-                 ssl: SSLContext | None = None) -> None:
+                 ssl: SSLContext | None = None, first_approval: int = 100001) -> None:
         self.profile = get_profile(profile)
         self.ssl = ssl
         self.answer_network = True  # False: a half-dead host that ignores sign-on and echo
@@ -121,7 +121,7 @@ class AcquirerSimulator:
         self.received: dict[str, Counter[Any]] = {"advice": Counter(), "reversal": Counter()}
         self.arrivals: list[tuple[str, Any]] = []  # advices and reversals, in arrival order
         self.approved = 0
-        self._approval = itertools.count(100001)
+        self._approval = itertools.count(first_approval)
         self._pending: set[asyncio.TimerHandle] = set()
 
     async def start(self) -> int:

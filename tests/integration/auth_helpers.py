@@ -116,8 +116,9 @@ async def auth_stack(tmp: Path, *, rules: dict[str, Rules] | None = None,
                      terminals: tuple[str, ...] = (TERMINAL,)) -> AsyncIterator[Stack]:
     rules = rules or {"acq-a": Rules(decline_above=100_000), "acq-b": Rules()}
     profiles = profiles or {}
-    sims = {name: AcquirerSimulator(profiles.get(name, "iso93-binary"), 2, rule)
-            for name, rule in rules.items()}
+    sims = {name: AcquirerSimulator(profiles.get(name, "iso93-binary"), 2, rule,
+                                    first_approval=100001 + 400000 * index)
+            for index, (name, rule) in enumerate(rules.items())}
     for sim in sims.values():
         await sim.start()
     path = tmp / "routes.toml"
