@@ -19,12 +19,14 @@ from typing import Any
 
 from passerelle.config import CbcomTlsListener, IsoListener, ListenerSettings, Settings
 from passerelle.switchd import stacks
+from passerelle.switchd.cbcom_session import CbcomConfig
 from passerelle.switchd.connection import Connection
 from passerelle.switchd.dispatch import Dispatcher, Registry, default_registry
 from passerelle.switchd.logs import get_logger
 from passerelle.switchd.metrics import Metrics
 from passerelle.switchd.sdnotify import Notifier
 from passerelle.switchd.tls import server_context
+from passerelle.switchd.x25_circuit import CircuitConfig
 
 _STACKS: dict[str, type[stacks.Stack]] = {
     "xot": stacks.XotStack,
@@ -50,6 +52,9 @@ class Listener:
         if isinstance(settings, CbcomTlsListener):
             self.ssl_context = server_context(settings)
         self.draining = False
+        # Immutable layer configs, built by the first stack and shared by the rest.
+        self.cbcom_config: CbcomConfig | None = None
+        self.circuit_config: CircuitConfig | None = None
         metrics = daemon.metrics
         self.connections_open = metrics.connections_open.labels(name)
         self.connections_total = metrics.connections.labels(name)

@@ -105,11 +105,15 @@ class _CbcomUser(Stack):
     __slots__ = ("session",)
 
     def _cbcom_config(self) -> cs.CbcomConfig:
-        timers = self.listener.daemon.settings.cbcom
-        return cs.CbcomConfig(
-            tgr=timers.tgr, tsi=timers.tsi, tnr=timers.tnr,  # type: ignore[arg-type]
-            cn_timeout=timers.cn_timeout, max_frame=self.listener.settings.max_frame,
-        )
+        """The listener's config, built once and shared by its sessions."""
+        listener = self.listener
+        if listener.cbcom_config is None:
+            timers = listener.daemon.settings.cbcom
+            listener.cbcom_config = cs.CbcomConfig(
+                tgr=timers.tgr, tsi=timers.tsi, tnr=timers.tnr,  # type: ignore[arg-type]
+                cn_timeout=timers.cn_timeout, max_frame=listener.settings.max_frame,
+            )
+        return listener.cbcom_config
 
     def _session_events(self, events: list[cs.Event]) -> bool:
         """Act on the session's events; True when the session is over."""
@@ -216,14 +220,16 @@ class XotStack(_CbcomUser):
 
     def __init__(self, conn: Connection, listener: Listener) -> None:
         super().__init__(conn, listener)
-        x25 = listener.daemon.settings.x25
-        config = xc.CircuitConfig(
-            default_packet_size=x25.packet_size, default_window=x25.window,
-            max_packet_size=x25.max_packet_size, max_window=x25.max_window,
-            allow_modulo_128=x25.allow_modulo_128, max_message_size=listener.settings.max_frame,
-            call_timeout=x25.call_timeout, clear_timeout=x25.clear_timeout,
-        )
-        self.circuit = xc.X25Circuit(xc.Role.DCE, config, now=self.loop.time())
+        if listener.circuit_config is None:
+            x25 = listener.daemon.settings.x25
+            listener.circuit_config = xc.CircuitConfig(
+                default_packet_size=x25.packet_size, default_window=x25.window,
+                max_packet_size=x25.max_packet_size, max_window=x25.max_window,
+                allow_modulo_128=x25.allow_modulo_128,
+                max_message_size=listener.settings.max_frame,
+                call_timeout=x25.call_timeout, clear_timeout=x25.clear_timeout,
+            )
+        self.circuit = xc.X25Circuit(xc.Role.DCE, listener.circuit_config, now=self.loop.time())
         self.session: cs.CbcomSession | None = None  # type: ignore[assignment]
         self._open = False
         self._clear_pending = False  # CBCOM ended: clear the call once the AB is sent
