@@ -134,11 +134,13 @@ def _remises(fleet: list[list[Batch]]) -> list[Remise]:
 
 
 def _fleet(terminals: int, files: int, per_file: int, round_: int) -> list[list[Batch]]:
+    """Files of uneven size (half to one and a half `per_file`), as real days are: terminals
+    then reach their 0506 at different times, as they do in the field."""
     rng = random.Random(round_)
     fleet = []
     for t in range(terminals):
         batches = generate_batches(rng, f"TPE{t:04d}", "1234567", "CBEMV", days=files,
-                                   per_day=(per_file, per_file),
+                                   per_day=(per_file // 2, per_file * 3 // 2),
                                    first_remise=1 + round_ * files)
         fleet.append(batches)
     return fleet
@@ -152,10 +154,10 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
     settings["listeners"]["cbcom-tls"]["enabled"] = False  # type: ignore[index]
     settings["storage"]["pool_max_size"] = workers  # type: ignore[index]
     settings["logging"] = {"level": "info"}
-    total = terminals * files * per_file
     rates: dict[str, list[float]] = {"telecollecte": [], "copy": [], "insert": []}
     for round_ in range(rounds):
         fleet = _fleet(terminals, files, per_file, round_)
+        total = sum(len(b.transactions) for batches in fleet for b in batches)
         scripts = _scripts(fleet)
         asyncio.run(ingest._truncate(dsn))
         gateway = GatewayProcess(settings, workdir).start()
@@ -186,9 +188,9 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
                 "RemiseSink -> RemiseWriter (COPY, one transaction per remise)",
         "terminals": terminals,
         "files_per_terminal": files,
-        "transactions_per_file": per_file,
+        "transactions_per_file": f"{per_file // 2}..{per_file * 3 // 2}",
         "window": WINDOW,
-        "transactions_per_round": total,
+        "transactions_last_round": total,
         "rounds": rounds,
         "baseline_workers": workers,
         "telecollecte_rows_per_s": round(statistics.median(rates["telecollecte"])),
@@ -217,7 +219,7 @@ def main() -> int:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     terminals = args.terminals or (20 if args.quick else 50)
-    files = args.files or (2 if args.quick else 4)
+    files = args.files or (4 if args.quick else 6)
     per_file = args.transactions or (100 if args.quick else 200)
     rounds = args.rounds or (2 if args.quick else 3)
 

@@ -116,6 +116,8 @@ _WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
 _OPERATIONS = {"00": "purchase", "20": "refund"}
 _MAX_FILES_PER_SESSION = 64
 _LOOKUP_TIMEOUT = 2.0
+_KNOWN_FOR = 60.0
+_MAX_KNOWN = 100_000
 _LOOKUP = """
 SELECT EXISTS (SELECT 1 FROM terminals WHERE serial = %(serial)s),
        EXISTS (SELECT 1 FROM contracts WHERE contract_number = %(contract)s
@@ -164,11 +166,18 @@ class TelecollecteServices:
     metrics: TelecollecteMetrics = field(default_factory=TelecollecteMetrics)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     _lookups_down_until: float = 0.0
+    # Positive answers only, for a minute: a terminal's next file needs no query, and a
+    # terminal or contract removed meanwhile is still refused by the writer at 0506.
+    _known: dict[tuple[str, str | None, str | None], float] = field(default_factory=dict)
 
     async def known(self, serial: str, contract: str | None, application: str | None,
                     log: Any) -> tuple[bool, bool] | None:
         """(terminal known, contract known) or None when PostgreSQL cannot tell now."""
-        if self.pool is None or time.monotonic() < self._lookups_down_until:
+        key = (serial, contract, application)
+        now = time.monotonic()
+        if self._known.get(key, 0.0) > now:
+            return True, True
+        if self.pool is None or now < self._lookups_down_until:
             return None
         try:
             async with asyncio.timeout(_LOOKUP_TIMEOUT):
@@ -181,7 +190,12 @@ class TelecollecteServices:
             log.warning("telecollecte.lookup_unavailable", error=str(exc).strip()[:200])
             return None
         assert row is not None
-        return bool(row[0]), bool(row[1])
+        found = bool(row[0]), bool(row[1]) or contract is None
+        if all(found):
+            if len(self._known) >= _MAX_KNOWN:
+                self._known.clear()
+            self._known[key] = now + _KNOWN_FOR
+        return found
 
 
 class Phase(enum.Enum):
