@@ -44,12 +44,13 @@ from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout, RoutingEr
 from passerelle.routing.link import AcquirerLink
 from passerelle.routing.metrics import RoutingMetrics
 from passerelle.routing.mux import DuplicateKey
-from passerelle.routing.settings import AcquirerSettings, RoutingSettings
+from passerelle.routing.settings import AcquirerSettings, RoutingSettings, routing_settings
 from passerelle.routing.table import Router
 from passerelle.storage.authlog import AuthLogWriter, AuthRecord
 from passerelle.storage.db import StorageError
 from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac
-from passerelle.storage.saf import SafItem, SafStore
+from passerelle.storage.saf import HsmSealer, SafItem, SafStore
+from passerelle.storage.spool import Spool
 
 log = structlog.get_logger("passerelle.auth")
 
@@ -129,6 +130,7 @@ class AuthServices:
     authlog: AuthLogWriter | None = None
     saf: SafStore | None = None
     pan_key: PanHmacKey | None = None
+    spool: Spool | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -165,6 +167,8 @@ class AuthServices:
             await link.close()
         if self.authlog is not None:
             await self.authlog.close()
+        if self.spool is not None:
+            self.spool.close()
 
     def reload_routes(self) -> bool:
         """SIGHUP: a new route table, or the old one kept (and the error logged)."""
@@ -455,7 +459,25 @@ def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any =
     saf = SafStore(pool, sealer) if pool is not None and sealer is not None else None
     return AuthServices(settings=settings, router=router, links=links,
                         directory=Directory(settings, pool), metrics=metrics,
-                        authlog=authlog, saf=saf, pan_key=pan_key)
+                        authlog=authlog, saf=saf, pan_key=pan_key, spool=spool)
+
+
+def build_from_config(config: Any, *, registry: Any, pool: Any = None, hsm: Any = None,
+                      pan_key: PanHmacKey | None = None) -> AuthServices:
+    """The services from switchd's whole `Settings`: its `[routes]` table, the auth-log
+    spool under `switchd.state_dir` (or `routes.authlog.spool_dir`), SAF sealed under the
+    HSM data key `routes.saf.data_key`. `registry` is the daemon's Prometheus registry.
+    RoutingError (bad settings or routes file) names what to fix."""
+    settings = routing_settings(config.routes)
+    spool_dir = settings.authlog.spool_dir or str(Path(config.switchd.state_dir) /
+                                                  "spool-authlog")
+    try:
+        spool = Spool(spool_dir).open()
+    except StorageError as error:
+        raise RoutingError(f"routes.authlog.spool_dir: {error}") from None
+    sealer = HsmSealer(hsm, settings.saf.data_key) if hsm is not None else None
+    return build_services(settings, pool=pool, sealer=sealer, pan_key=pan_key,
+                          registry=registry, spool=spool)
 
 
 def register(registry: Any, services: AuthServices) -> Authorizer:
