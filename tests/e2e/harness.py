@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
+import pytest
 import uvicorn
 from aiosmtpd.smtp import SMTP, Envelope
 
@@ -248,3 +249,30 @@ class Response:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def world(pg_dsn: str, _migrated_template: str) -> Iterator[dict[str, Any]]:
+    """One portal over one history database for a test module (import it to use it)."""
+    with portal_world(pg_dsn, _migrated_template) as found:
+        yield found
+
+
+def ids_outside(dsn: str, user_id: int, table: str) -> int:
+    """An id of `table` (remises or transactions) that `user_id` must not see."""
+    query = (f"SELECT id FROM {table} WHERE contract_id NOT IN"
+             " (SELECT contract_id FROM user_scopes WHERE user_id = %s) ORDER BY id LIMIT 1")
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query, (user_id,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def ids_inside(dsn: str, user_id: int, table: str, where: str = "true") -> int:
+    query = (f"SELECT id FROM {table} WHERE contract_id IN"
+             f" (SELECT contract_id FROM user_scopes WHERE user_id = %s) AND {where}"
+             " ORDER BY id LIMIT 1")
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query, (user_id,)).fetchone()
+    assert row is not None
+    return row[0]
