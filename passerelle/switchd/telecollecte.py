@@ -56,8 +56,15 @@ never acknowledged (0506 before the announced count); 30 format error, 44 AA nam
 field (3-digit field + "00"); 03 invalid merchant: unknown contract for the application;
 58 not permitted to terminal: unknown terminal; 96 system malfunction: the remise could be
 made durable neither in PostgreSQL nor in the spool (the terminal retries later). The
-terminal and contract are checked at sign-on and header when PostgreSQL answers; while it
-is away they are checked when the spool is replayed (refused remises go to rejected.log).
+terminal and contract are checked at sign-on and header when PostgreSQL answers (a positive
+answer is remembered for a minute: one query per terminal, not per file); while it is away
+they are checked when the spool is replayed (refused remises go to rejected.log).
+
+Repeats (0805, 0307, 0247, 0507, 0845) are handled as their originals; a 0247 whose message
+number was already received is ignored. A refusal in the middle of a file drops the file:
+the terminal starts it again from its 0306. While a file is open the session is `busy`, so
+that a SIGTERM drain waits for its 0516. Bounds: `max_messages` 0246 per file (one file in
+memory per session), `max_window`, 64 files per session, CBCOM's TGR/TSI for time.
 """
 
 from __future__ import annotations

@@ -9,7 +9,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from passerelle.sim.telecollecte import Faults, dial, generate_batches, telecollecte
+from passerelle.sim.telecollecte import (
+    Faults,
+    answer_code,
+    dial,
+    end_message,
+    generate_batches,
+    header_message,
+    sign_on_message,
+    telecollecte,
+    transaction_message,
+)
 from tests.integration.storage_helpers import setup_fleet
 from tests.integration.telecollecte_helpers import (
     LISTENERS,
@@ -91,3 +101,36 @@ def test_a_repeated_batch_after_a_lost_0516_is_stored_once(db_dsn: str, tmp_path
     assert [(r[2], r[5]) for r in remises] == [
         (b.remise_number, len(b.transactions)) for b in batches]
     assert_stored_as_sent(db_dsn, batches)
+
+
+def test_a_stop_waits_for_the_file_in_flight_then_ends_the_session(
+        db_dsn: str, tmp_path: Path) -> None:
+    setup_fleet(db_dsn, terminals=1)
+    pki = pki_in(tmp_path)
+    batch = generate_batches(random.Random(3), "TPE0000", "1234567", "CBEMV", days=1,
+                             per_day=(12, 12))[0]
+
+    async def scenario() -> tuple[str | None, bool]:
+        async with running_gateway(db_dsn, tmp_path / "state", pki) as gateway:
+            assert gateway.daemon is not None
+            async with await dial("cbcom", "127.0.0.1", port(gateway, "cbcom")) as tpe:
+                await tpe.exchange(sign_on_message(batch.terminal, batch.contract))
+                await tpe.exchange(header_message(batch, 4))
+                for number, tx in enumerate(batch.transactions[:4], 1):
+                    tpe.send(transaction_message(batch, number, tx))
+                await tpe.receive()
+                # SIGTERM now: the terminal owes us the rest of the file, so we wait.
+                stopping = asyncio.create_task(gateway.daemon.stop())
+                for number, tx in enumerate(batch.transactions[4:], 5):
+                    tpe.send(transaction_message(batch, number, tx))
+                    if number % 4 == 0:
+                        await tpe.receive()
+                code = answer_code(await tpe.exchange(end_message(batch)))[1]
+                await stopping
+                await tpe.wait_closed()
+                return code, tpe.aborted is not None
+
+    code, aborted = asyncio.run(scenario())
+
+    assert (code, aborted) == ("00", True)  # 0516, then AB: switchd stopping
+    assert _remises(db_dsn)[0][2] == batch.remise_number
