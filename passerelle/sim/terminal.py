@@ -90,13 +90,17 @@ class Terminal:
         """TCP (or TLS) connection to a cbcom listener, then CN -> AC unless `connect=False`."""
         self = cls()
         await self._open(host, port, proxy_header)
-        if tls is not None:
-            self._tls = tls.wrap_bio(self._tls_in, self._tls_out, server_side=False,
-                                     server_hostname=server_hostname or host)
-            self._tls_handshake()
-            await self._until(lambda: self._tls_done, timeout, "TLS handshake")
-        if connect:
-            await self.cbcom_connect(protocol, tnr=tnr, tsi=tsi, timeout=timeout)
+        try:
+            if tls is not None:
+                self._tls = tls.wrap_bio(self._tls_in, self._tls_out, server_side=False,
+                                         server_hostname=server_hostname or host)
+                self._tls_handshake()
+                await self._until(lambda: self._tls_done, timeout, "TLS handshake")
+            if connect:
+                await self.cbcom_connect(protocol, tnr=tnr, tsi=tsi, timeout=timeout)
+        except BaseException:
+            self.abort()  # a failed dial leaves no socket behind
+            raise
         return self
 
     @classmethod
@@ -113,12 +117,17 @@ class Terminal:
         self.circuit = xc.X25Circuit(xc.Role.DTE, xc.CircuitConfig(
             max_packet_size=4096, max_window=127), now=self.loop.time())
         await self._open(host, port, proxy_header)
-        self.circuit.place_call(called, calling, now=self.loop.time(), modulo=modulo,
-                                packet_size=packet_size, window=window, user_data=user_data)
-        self._flush()
-        await self._until(lambda: self.call is not None, timeout, "X.25 call accepted")
-        if connect:
-            await self.cbcom_connect(protocol, tnr=tnr, tsi=tsi, timeout=timeout)
+        try:
+            self.circuit.place_call(called, calling, now=self.loop.time(), modulo=modulo,
+                                    packet_size=packet_size, window=window,
+                                    user_data=user_data)
+            self._flush()
+            await self._until(lambda: self.call is not None, timeout, "X.25 call accepted")
+            if connect:
+                await self.cbcom_connect(protocol, tnr=tnr, tsi=tsi, timeout=timeout)
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     async def cbcom_connect(
