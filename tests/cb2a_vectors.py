@@ -24,7 +24,13 @@ NAMES = ("0100-emv", "0110-emv", "0100-stripe", "0110-stripe")
 
 def load(name: str) -> bytes:
     """One vector's bytes (its file holds one hex string)."""
-    return bytes.fromhex((VECTORS / f"{name}.hex").read_text().strip())
+    path = VECTORS / f"{name}.hex"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CB2A reference vector {path} is missing: check out shared/ beside the repository "
+            "or set PASSERELLE_VECTORS to the directory holding the .hex files"
+        )
+    return bytes.fromhex(path.read_text().strip())
 
 
 def _tlv(text: str) -> tuple[tuple[str, bytes], ...]:

@@ -19,7 +19,6 @@ from tests.cb2a_vectors import EXPECTED, NAMES, SECRETS, VECTORS, load
 from tests.strategies import full_pans_in
 
 CB2A = get_profile("cb2a")
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no vectors in {VECTORS}")
 
 
 def run(*args: str, stdin: str | bytes | None = None) -> Result:
@@ -44,7 +43,6 @@ def _offset_of(data: bytes, number: int) -> int:
 
 
 # -- vectors ------------------------------------------------------------------------------------
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_decodes_masked(name: str) -> None:
     result = run(load(name).hex())
@@ -61,7 +59,6 @@ def test_vector_decodes_masked(name: str) -> None:
             assert f"{number}.{tag}" in result.stdout
 
 
-@needs_vectors
 def test_vector_track2_and_emv_track2_masked() -> None:
     out = run(load("0100-stripe").hex()).stdout
     assert "453979******6151=********************" in out
@@ -70,7 +67,6 @@ def test_vector_track2_and_emv_track2_masked() -> None:
     assert "Track 2 equivalent data" in out
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_json(name: str) -> None:
     result = run(load(name).hex(), "--json")
@@ -93,7 +89,6 @@ def test_vector_json(name: str) -> None:
     assert_no_card_data(name, result.stdout, result.stderr)
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_verify(name: str) -> None:
     result = run("--verify", load(name).hex())
@@ -104,7 +99,6 @@ def test_vector_verify(name: str) -> None:
 
 
 # -- ways to give the message ---------------------------------------------------------------------
-@needs_vectors
 def test_stdin_with_whitespace_and_0x() -> None:
     text = load("0100-emv").hex().upper()
     spaced = "0x" + "\n".join(" ".join(text[i : i + 32][j : j + 2] for j in range(0, 32, 2))
@@ -115,7 +109,6 @@ def test_stdin_with_whitespace_and_0x() -> None:
     assert masked("4973019600600485") in result.stdout
 
 
-@needs_vectors
 def test_hex_in_several_arguments() -> None:
     text = load("0110-emv").hex()
     result = run(text[:20], text[20:100], text[100:])
@@ -123,7 +116,6 @@ def test_hex_in_several_arguments() -> None:
     assert "328422" in result.stdout
 
 
-@needs_vectors
 @pytest.mark.parametrize("suffix", [".hex", ".bin", ""])
 def test_file_hex_or_binary(tmp_path: Path, suffix: str) -> None:
     data = load("0100-stripe")
@@ -152,7 +144,6 @@ def test_iso87_ascii_binary_capture_of_digits_only(tmp_path: Path) -> None:
                                                               70: "301"}
 
 
-@needs_vectors
 def test_hex_and_file_together_is_bad_usage(tmp_path: Path) -> None:
     path = tmp_path / "x.hex"
     path.write_text(load("0110-emv").hex())
@@ -191,7 +182,6 @@ def test_help_has_examples() -> None:
 
 
 # -- malformed messages -----------------------------------------------------------------------
-@needs_vectors
 def test_truncated_message_names_field_and_offset() -> None:
     data = load("0100-emv")
     at = _offset_of(data, 55)
@@ -207,7 +197,6 @@ def test_truncated_message_names_field_and_offset() -> None:
     assert [f["field"] for f in doc["fields"]] == [n for n in EXPECTED["0100-emv"] if n < 55]
 
 
-@needs_vectors
 def test_bad_bcd_value_exits_2_naming_the_field() -> None:
     data = bytearray(load("0100-stripe"))
     at = _offset_of(bytes(data), 4)
@@ -220,7 +209,6 @@ def test_bad_bcd_value_exits_2_naming_the_field() -> None:
     assert_no_card_data("0100-stripe", result.stdout, result.stderr)
 
 
-@needs_vectors
 def test_undefined_field_in_bitmap() -> None:
     data = load("0110-emv")
     broken = data[:2] + bytes([data[2] | 0x80]) + data[3:10] + b"\x80" + bytes(7) + data[10:]
@@ -230,7 +218,6 @@ def test_undefined_field_in_bitmap() -> None:
 
 
 # -- --verify when the re-encoding differs ------------------------------------------------------
-@needs_vectors
 def test_verify_detects_an_empty_secondary_bitmap() -> None:
     """Bit 1 set with an all-zero secondary bitmap parses, but re-encodes without it."""
     data = load("0110-emv")
@@ -286,7 +273,6 @@ def test_render_table_aligns_and_escapes() -> None:
 
 
 # -- the installed console script ---------------------------------------------------------------
-@needs_vectors
 def test_installed_mpctl_decodes_a_vector() -> None:
     mpctl = Path(sys.executable).parent / "mpctl"
     if not mpctl.exists():

@@ -19,7 +19,7 @@ from passerelle.codecs.fields import Data, Prefix
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import PROFILES, get_profile
-from tests.cb2a_vectors import EXPECTED, NAMES, VECTORS, load
+from tests.cb2a_vectors import EXPECTED, NAMES, load
 from tests.strategies import FUZZ, messages, mixed_profiles
 
 CB2A = get_profile("cb2a")
@@ -31,7 +31,6 @@ ALL_PROFILES: dict[str, Profile] = {
     **{name: dataclasses.replace(p, mti_encoding="ascii") for name, p in mixed_profiles().items()},
 }
 
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no vectors in {VECTORS}")
 
 
 def spans(data: bytes, profile: Profile = CB2A) -> dict[int, tuple[int, int]]:
@@ -147,7 +146,6 @@ def check_error(exc: CodecError, data: bytes) -> None:
 
 
 # -- truncated, over-long ---------------------------------------------------------------------
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_truncated_at_every_byte(name: str) -> None:
     data = load(name)
@@ -172,7 +170,6 @@ def test_truncated_at_every_byte(name: str) -> None:
         assert exc.partial.mti == data[:2].hex()
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_trailing_bytes(name: str) -> None:
     data = load(name)
@@ -184,7 +181,6 @@ def test_trailing_bytes(name: str) -> None:
         assert caught.value.partial.to_dict() == EXPECTED[name]
 
 
-@needs_vectors
 def test_broken_at_field_55_still_gives_the_keys() -> None:
     """A request cut inside field 55: 2, 11, 41 can still be echoed in a format-error answer."""
     data = load("0100-emv")
@@ -206,7 +202,6 @@ def test_broken_at_field_55_still_gives_the_keys() -> None:
 
 
 # -- lengths ---------------------------------------------------------------------------------
-@needs_vectors
 def test_length_above_maximum() -> None:
     data = bytearray(load("0100-stripe"))
     where = spans(bytes(data))
@@ -220,7 +215,6 @@ def test_length_above_maximum() -> None:
         assert list(caught.value.partial.numbers) == [n for n in where if n < number]
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_length_past_the_end(name: str) -> None:
     """The last field (59) claims one byte more than the message holds."""
@@ -253,7 +247,6 @@ def test_bcd_length_prefix_not_decimal() -> None:
 
 
 # -- values ----------------------------------------------------------------------------------
-@needs_vectors
 @pytest.mark.parametrize(("number", "at", "byte"), [
     (3, 0, 0x0A),   # n6 processing code: nibble A
     (4, 5, 0xF0),   # n12 amount
@@ -281,7 +274,6 @@ def test_bad_bcd_nibbles(number: int, at: int, byte: int) -> None:
     assert msg.get(41) == "PUBLIPHO"
 
 
-@needs_vectors
 def test_bad_track2_nibble() -> None:
     data = bytearray(load("0100-stripe"))
     start, end = spans(bytes(data))[35]
@@ -292,7 +284,6 @@ def test_bad_track2_nibble() -> None:
     assert caught.value.field == 35 and start <= caught.value.offset < end
 
 
-@needs_vectors
 def test_sub_element_running_past_its_field() -> None:
     data = bytearray(load("0100-emv"))
     start, end = spans(bytes(data))[55]
@@ -305,7 +296,6 @@ def test_sub_element_running_past_its_field() -> None:
     assert msg.get(59) == EXPECTED["0100-emv"][59]
 
 
-@needs_vectors
 def test_ascii_tlv_bad_length() -> None:
     data = bytearray(load("0100-stripe"))
     start, end = spans(bytes(data))[47]
@@ -318,7 +308,6 @@ def test_ascii_tlv_bad_length() -> None:
 
 
 # -- MTI and bitmaps ---------------------------------------------------------------------------
-@needs_vectors
 def test_bitmap_naming_an_undefined_field() -> None:
     """cb2a defines no field 65: a secondary bitmap naming it is refused, where 65 would sit."""
     data = load("0100-emv")
@@ -458,7 +447,6 @@ def _mutate(data: bytes, draw: Any) -> bytes:
     return bytes(out)
 
 
-@needs_vectors
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("profile_name", ["cb2a", "cb2a-ebcdic"])
 @FUZZ

@@ -24,7 +24,7 @@ from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import PROFILES, get_profile
 from passerelle.codecs.pyiso_spec import pyiso_spec
 from passerelle.codecs.subfields import SUBFIELD_CODECS
-from tests.cb2a_vectors import NAMES, VECTORS, load
+from tests.cb2a_vectors import NAMES, load
 from tests.strategies import MEDIUM, ROUND_TRIP, defined_numbers, messages
 
 ISO87 = get_profile("iso87-ascii")
@@ -136,7 +136,6 @@ def test_iso87_pyiso_built_messages_decode_alike(data: st.DataObject) -> None:
 
 
 # -- the reference vectors through pyiso_spec ---------------------------------------------------
-@pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no vectors in {VECTORS}")
 @pytest.mark.parametrize("name", NAMES)
 def test_cb2a_vectors_decode_alike(name: str) -> None:
     profile = get_profile("cb2a")
