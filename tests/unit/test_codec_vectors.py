@@ -132,3 +132,48 @@ def test_ebcdic_profile_round_trips_vector_values(name: str) -> None:
     assert data[2:10] == load(name)[2:10]  # same bitmap
     assert "FRANCE TELECOM".encode("cp500") in data or 43 not in EXPECTED[name]
     assert Message.parse(data, ebcdic).to_dict() == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sub_element_fields_as_raw_bodies(name: str) -> None:
+    """to_dict(subelements=False) keeps 44/47/55/59 as their bodies; they re-encode as is."""
+    data = load(name)
+    msg = Message.parse(data, CB2A)
+    plain = msg.to_dict(subelements=False)
+    for number, value in EXPECTED[name].items():
+        if isinstance(value, tuple):
+            assert plain[number] == bytes(msg.raw(number))[1:]  # after the 1-byte length
+        else:
+            assert plain[number] == value
+    assert encode(CB2A, msg.mti, plain) == data
+
+
+def test_parsed_frame_does_not_follow_a_reused_buffer() -> None:
+    """A receive buffer reused after parse must not change the message already parsed."""
+    buffer = bytearray(load("0100-stripe"))
+    msg = Message.parse(buffer, CB2A)
+    buffer[:] = bytes(len(buffer))
+    assert msg.to_dict() == EXPECTED["0100-stripe"]
+    assert msg.respond(msg.mti) == load("0100-stripe")
+
+
+def test_routing_fields_read_despite_broken_other_fields() -> None:
+    """Lazy decoding: bad BCD in 12 and a broken TLV in 55 do not stop reading 2, 3, 4, 41, 42."""
+    data = bytearray(load("0100-emv"))
+    data[data.index(bytes.fromhex("163700"))] = 0xA6  # field 12: nibble A
+    data[data.index(bytes.fromhex("005713")) + 2] = 0xFF  # 55: tag 0057 runs past the field
+    msg = Message.parse(bytes(data), CB2A)
+    assert [msg.get(n) for n in (2, 3, 4, 41, 42)] == [
+        EXPECTED["0100-emv"][n] for n in (2, 3, 4, 41, 42)
+    ]
+    assert msg.get(59) == EXPECTED["0100-emv"][59]
+
+
+def test_respond_with_the_same_keys_dropping_then_setting() -> None:
+    """The same change keys, once dropping and once setting a field, give different answers."""
+    request = Message.parse(load("0100-emv"), CB2A)
+    base = {n: v for n, v in EXPECTED["0100-emv"].items()}
+    for changes in ({39: None, 41: None}, {39: "00", 41: "TERM0002"}, {39: None, 41: None},
+                    {41: "TERM0003", 39: "05"}, {39: "00", 41: None}):
+        expected = {n: v for n, v in sorted({**base, **changes}.items()) if v is not None}
+        assert request.respond("0110", changes) == encode(CB2A, "0110", expected), changes
