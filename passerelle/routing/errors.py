@@ -17,3 +17,7 @@ class LinkTimeout(RoutingError):
 
 class LinkLost(LinkDown):
     """The link went down after the request was sent: the acquirer may have decided."""
+
+
+class LinkBusy(LinkDown):
+    """The link's in-flight window stayed full: the request was not sent."""

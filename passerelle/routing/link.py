@@ -129,8 +129,8 @@ class AcquirerLink:
     async def request(self, wire: bytes, key: Key, timeout: float) -> Message:
         """Send `wire` and return the answer carrying `key`.
 
-        LinkDown: not sent (link down). LinkLost: sent, then the link died.
-        LinkTimeout: no answer within `timeout` (or no window slot in time).
+        LinkDown: not sent (link down; LinkBusy: no window slot in time).
+        LinkLost: sent, then the link died. LinkTimeout: sent, no answer within `timeout`.
         """
         if not self.up or self._wire is None:
             raise LinkDown(f"acquirer {self.name} is {self.state}")

@@ -13,7 +13,7 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Any
 
-from passerelle.routing.errors import LinkDown, LinkTimeout, RoutingError
+from passerelle.routing.errors import LinkBusy, LinkDown, LinkTimeout, RoutingError
 
 Key = tuple[str, str, str, str]
 _REMEMBERED = 4096  # recently answered / abandoned keys kept to classify strays
@@ -39,7 +39,7 @@ class Mux:
         return len(self._pending)
 
     async def acquire(self, timeout: float) -> None:
-        """Take a window slot, waiting at most `timeout` for one (LinkTimeout)."""
+        """Take a window slot, waiting at most `timeout` for one (LinkBusy: not sent)."""
         if self.in_flight < self.window and not self._waiters:
             self.in_flight += 1
             return
@@ -52,7 +52,7 @@ class Mux:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # the slot arrived as we gave up: pass it on
             if isinstance(error, TimeoutError):
-                raise LinkTimeout("the link's in-flight window stayed full") from None
+                raise LinkBusy("the link's in-flight window stayed full") from None
             raise
         # release() handed its slot to us: in_flight was not decremented.
 

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 
 from passerelle.codecs.iso8583 import Message
 from passerelle.routing import translate
-from passerelle.routing.errors import LinkDown, LinkTimeout
+from passerelle.routing.errors import LinkBusy, LinkDown
 from passerelle.routing.link import AcquirerLink
 from passerelle.routing.metrics import RoutingMetrics
 from passerelle.routing.settings import AcquirerSettings
@@ -155,18 +155,19 @@ def test_reconnects_after_the_host_restarts_and_in_flight_requests_fail_fast() -
 
 def test_the_window_bounds_requests_in_flight() -> None:
     async def scenario() -> None:
-        sim = AcquirerSimulator("iso93-binary", 2, Rules(latency=0.2))
+        sim = AcquirerSimulator("iso93-binary", 2, Rules(latency=0.5))
         port = await sim.start()
         link = AcquirerLink(_settings(port, window=2))
         link.start()
         try:
             assert await link.wait_up(5)
-            tasks = [asyncio.create_task(_authorize(link, n, timeout=0.3)) for n in range(4)]
+            tasks = [asyncio.create_task(_authorize(link, n, timeout=3.0 if n < 2 else 0.2))
+                     for n in range(4)]
             await _until(lambda: link.mux.in_flight == 2 and len(link.mux._waiters) == 2)
             assert len(link.mux) == 2  # only two were sent
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert [isinstance(r, Message) for r in results] == [True, True, False, False]
-            assert all(isinstance(r, LinkTimeout) for r in results[2:])
+            assert all(isinstance(r, LinkBusy) for r in results[2:])  # never sent
         finally:
             await link.close()
             await sim.stop()

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from passerelle.routing.errors import LinkDown, LinkTimeout
+from passerelle.routing.errors import LinkBusy, LinkDown, LinkTimeout
 from passerelle.routing.mux import DuplicateKey, Mux
 
 
@@ -100,7 +100,7 @@ def test_window_bounds_requests_in_flight_and_hands_slots_over_in_order() -> Non
         mux.release()
         await asyncio.gather(*tasks[:2])
         assert order == [0, 1] and mux.in_flight == 2
-        with pytest.raises(LinkTimeout):
+        with pytest.raises(LinkBusy):
             await asyncio.wait_for(tasks[2], 2)
         assert mux.in_flight == 2  # the timed-out waiter took no slot
 
