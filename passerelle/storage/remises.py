@@ -356,8 +356,10 @@ class RemiseWriter:
             except PoolTimeout:
                 raise  # no connection at all: the database is away
             except (psycopg.OperationalError, psycopg.InterfaceError):
-                # A pooled connection the server dropped (restart, failover) fails on first
-                # use; the pool discards it. Storing is idempotent, so try once more.
+                # Pooled connections the server dropped (restart, failover) fail on first
+                # use: sort out the idle ones at once and, storing being idempotent, try
+                # once more. (No check on every checkout: it costs a round trip per remise.)
+                await self.pool.check()
                 return await self._store_once(remise, spooled)
 
     async def _store_once(self, remise: Remise, spooled: bool) -> StoreOutcome:
