@@ -38,6 +38,7 @@ from tests.integration.history_db import history_database
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "portal"
+MPCTL = str(Path(sys.executable).with_name("mpctl"))
 PASSWORD = "correct horse battery staple"
 # The history ends yesterday, so the portal's default date windows show data.
 END = datetime.now(PARIS).date() - timedelta(days=1)
@@ -148,7 +149,7 @@ def add_user(dsn: str, email: str, numbers: list[str], role: str = "merchant",
 def mpctl_add_user(dsn: str, email: str, contract: str, portal_url: str) -> dict[str, Any]:
     """`mpctl users add --no-mail --json`: the real command and its real link."""
     out = subprocess.run(
-        [sys.executable, "-m", "passerelle.cli.main", "users", "add", email, "--role",
+        [MPCTL, "users", "add", email, "--role",
          "merchant", "--contract", contract, "--no-mail", "--json", "--dsn", dsn,
          "--portal-url", portal_url],
         check=True, capture_output=True, text=True, timeout=60)
