@@ -81,6 +81,7 @@ def ber_decode(data: bytes) -> tuple[tuple[str, bytes], ...]:
     return tuple(items)
 
 
+@functools.lru_cache(maxsize=1024)
 def _ber_tag(tag: str) -> bool:
     """True when `tag` is a well-formed BER tag (a multi-byte tag ends with a byte < 0x80)."""
     raw = bytes.fromhex(tag)
@@ -120,6 +121,12 @@ def _same_wire(source: str, target: str) -> frozenset[int]:
     return frozenset(same)
 
 
+@functools.lru_cache(maxsize=256)
+def _field_wire(profile: str, number: int, value: str) -> memoryview:
+    """One constant field's wire bytes (an acquirer's own identifiers), encoded once."""
+    return memoryview(get_profile(profile).encoders[number](value))  # type: ignore[misc]
+
+
 def _build(profile: Profile, mti: str, fields: dict[int, Any]) -> bytes:
     """`encode()` for fields 2-64, where a `memoryview` value is already wire bytes."""
     bits = 0
@@ -148,7 +155,7 @@ def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime) -> 
     same = _same_wire(request.profile.name, profile_name)
     fields: dict[int, Any] = {n: request.raw(n) if n in same else get(n)
                               for n in _COPIED if n in request}
-    fields[32] = acquirer.acquirer_id
+    fields[32] = _field_wire(profile_name, 32, acquirer.acquirer_id)
     if 35 in request:
         fields[35] = get(35)
     mmdd = get(13) or f"{now.month:02d}{now.day:02d}"
@@ -236,8 +243,8 @@ def from_acquirer(answer: Message, acquirer: AcquirerSettings) -> Outcome:
     issuer: tuple[tuple[str, bytes], ...] | None = None
     if 55 in answer:
         value = answer.get(55)
-        issuer = ber_to_cb(ber_decode(value) if isinstance(value, bytes) else
-                           (value if acquirer.profile == "cb2a" else cb_to_ber(value)))
+        issuer = value if acquirer.profile == "cb2a" else ber_to_cb(
+            ber_decode(value) if isinstance(value, bytes) else value)
     additional = None
     if 44 in answer:
         value = answer.get(44)
