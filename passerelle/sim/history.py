@@ -259,22 +259,32 @@ def _pan(rng: random.Random, bin_: str) -> str:
     return luhn_complete(bin_ + body)
 
 
+Card = tuple[str, str, str, str | None, str]  # PAN, mask, product, AID, issuer
+EXPIRIES = tuple(f"{year}{month:02d}" for year in range(27, 32) for month in range(1, 13))
+
+
+def _between(rng: random.Random, low: int, high: int) -> int:
+    """rng.randint without its overhead (this is the hot loop of millions of rows)."""
+    return low + int(rng.random() * (high - low + 1))
+
+
 class _Cards:
     """A pool of cards per family: customers come back, which card searches rely on."""
 
     def __init__(self, rng: random.Random) -> None:
-        self.cb: list[tuple[str, str, str | None, str]] = [
-            (KNOWN_PAN, "CB VISA", "A0000000421010", "BNP PARIBAS")]
+        def card(pan: str, product: str, aid: str | None, issuer: str) -> Card:
+            return (pan, mask_pan(pan), product, aid, issuer)
+
+        self.cb = [card(KNOWN_PAN, "CB VISA", "A0000000421010", "BNP PARIBAS")]
         for _ in range(400):
             bin_, product, aid = rng.choice(CB_CARDS)
-            self.cb.append((_pan(rng, bin_), product, aid, rng.choice(CB_BANKS)[1]))
-        self.amex: list[tuple[str, str, str | None, str]] = [
-            (_pan(rng, AMEX_CARD[0]), AMEX_CARD[1], AMEX_CARD[2], "AMERICAN EXPRESS")
-            for _ in range(60)]
-        self.conecs: list[tuple[str, str, str | None, str]] = []
+            self.cb.append(card(_pan(rng, bin_), product, aid, rng.choice(CB_BANKS)[1]))
+        self.amex = [card(_pan(rng, AMEX_CARD[0]), AMEX_CARD[1], AMEX_CARD[2],
+                          "AMERICAN EXPRESS") for _ in range(60)]
+        self.conecs = []
         for _ in range(120):
             issuer, bin_ = rng.choice(CONECS_ISSUERS)
-            self.conecs.append((_pan(rng, bin_), "TITRE-RESTAURANT", None, issuer))
+            self.conecs.append(card(_pan(rng, bin_), "TITRE-RESTAURANT", None, issuer))
         self.digests: dict[tuple[str, int], tuple[bytes, int]] = {}
 
     def digest(self, pan: str, key: PanHmacKey) -> tuple[bytes, int]:
@@ -282,6 +292,12 @@ class _Cards:
         if found is None:
             found = self.digests[pan, key.version] = pan_hmac(key, pan)
         return found
+
+
+class _Day(msgspec.Struct, frozen=True):
+    opens: datetime  # 08:00 Paris, in UTC: the shops' day starts here
+    tag: str  # YYDDD, the start of the day's RRNs
+    key: PanHmacKey
 
 
 def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, list[Remise]]]:
@@ -293,8 +309,10 @@ def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, lis
     stans: dict[str, int] = {}
     low, high = spec.transactions_per_day
     for day in range(spec.days):
-        key = HISTORY_KEYS[0] if day < spec.days // 2 else HISTORY_KEYS[1]
         today = first + timedelta(days=day)
+        day_info = _Day(datetime.combine(today, time(8), PARIS).astimezone(UTC),
+                        f"{today:%y%j}",
+                        HISTORY_KEYS[0] if day < spec.days // 2 else HISTORY_KEYS[1])
         remises = []
         for t_index, terminal in enumerate(fleet.terminals):
             if day < terminal.first_day or (terminal.last_day is not None
@@ -310,7 +328,7 @@ def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, lis
                 app = contract.application
                 slot = (terminal.serial, app)
                 remise_numbers[slot] = remise_numbers.get(slot, 0) + 1
-                count = rng.randint(low, high)
+                count = _between(rng, low, high)
                 if app in ("AMEX", "CONECS"):
                     count //= 3
                 if t_index == 0 and day == 2 and app == "CBCLESS":
@@ -318,10 +336,9 @@ def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, lis
                 txs = []
                 for seq in range(1, count + 1):
                     stans[terminal.serial] = stans.get(terminal.serial, 0) % 999_999 + 1
-                    txs.append(_transaction(rng, cards, key, app, today, seq,
-                                            stans[terminal.serial], first_use=(
-                                                t_index == 0 and seq == 1
-                                                and day in (0, spec.days - 1))))
+                    txs.append(_transaction(
+                        rng, cards, app, day_info, seq=seq, stan=stans[terminal.serial],
+                        first_use=t_index == 0 and seq == 1 and day in (0, spec.days - 1)))
                 declared = compute_totals(txs)
                 if t_index == 0 and day == 3 and app == "CBEMV":
                     declared = msgspec.structs.replace(
@@ -336,32 +353,33 @@ def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, lis
         yield day, remises
 
 
-def _transaction(rng: random.Random, cards: _Cards, key: PanHmacKey, app: str, day: date,  # noqa: PLR0917
-                 seq: int, stan: int, first_use: bool) -> RemiseTransaction:
+def _transaction(rng: random.Random, cards: _Cards, app: str, day: _Day, *, seq: int,
+                 stan: int, first_use: bool) -> RemiseTransaction:
     if app == "AMEX":
-        pan, product, aid, issuer = rng.choice(cards.amex)
-        amount = rng.randint(2000, 90000)
+        pan, masked, product, aid, issuer = cards.amex[int(rng.random() * len(cards.amex))]
+        amount = _between(rng, 2000, 90000)
     elif app == "CONECS":
-        pan, product, aid, issuer = rng.choice(cards.conecs)
-        amount = rng.randint(450, 2500)  # a titre-restaurant day is capped at 25 €
+        pan, masked, product, aid, issuer = cards.conecs[
+            int(rng.random() * len(cards.conecs))]
+        amount = _between(rng, 450, 2500)  # a titre-restaurant day is capped at 25 €
     else:
-        pan, product, aid, issuer = cards.cb[0] if first_use else rng.choice(cards.cb)
-        amount = rng.randint(100, 15000) if app == "CBEMV" else rng.randint(100, 5000)
+        pan, masked, product, aid, issuer = (
+            cards.cb[0] if first_use else cards.cb[int(rng.random() * len(cards.cb))])
+        amount = _between(rng, 100, 15000 if app == "CBEMV" else 5000)
     roll = rng.random()
     operation: Operation = ("refund" if roll < 0.03 else "cancellation" if roll < 0.05
                             else "purchase")
     declined = not first_use and rng.random() < 0.04
-    at = datetime.combine(day, time(8), PARIS) + timedelta(seconds=rng.randint(0, 12 * 3600))
-    digest, version = cards.digest(pan, key)
+    digest, version = cards.digest(pan, day.key)
     return RemiseTransaction(
-        seq=seq, at=at.astimezone(UTC), operation=operation,
-        result="declined" if declined else "approved", amount=amount, currency=EUR,
-        pan_masked=mask_pan(pan), pan_hmac=digest, pan_hmac_key_version=version,
-        expiry=f"{rng.randint(27, 31)}{rng.randint(1, 12):02d}",
-        response_code=rng.choice(DECLINE_CODES) if declined else "00",
-        authorization_number=None if declined else f"{rng.randint(0, 999_999):06d}",
+        seq=seq, at=day.opens + timedelta(seconds=_between(rng, 0, 12 * 3600)),
+        operation=operation, result="declined" if declined else "approved", amount=amount,
+        currency=EUR, pan_masked=masked, pan_hmac=digest, pan_hmac_key_version=version,
+        expiry=EXPIRIES[int(rng.random() * len(EXPIRIES))],
+        response_code=DECLINE_CODES[int(rng.random() * 4)] if declined else "00",
+        authorization_number=None if declined else f"{_between(rng, 0, 999_999):06d}",
         issuer=issuer, product=product,
-        rrn=f"{day:%y%j}{stan:06d}{seq % 10}", stan=f"{stan:06d}", aid=aid,
+        rrn=f"{day.tag}{stan:06d}{seq % 10}", stan=f"{stan:06d}", aid=aid,
     )
 
 
