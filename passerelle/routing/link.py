@@ -222,6 +222,8 @@ class AcquirerLink:
                     CodecError) as error:
                 _log.warning("acquirer.connect_failed", acquirer=self.name,
                              error=str(error) or type(error).__name__)
+            except Exception:  # a bug must not leave the link down for good
+                _log.exception("acquirer.link_error", acquirer=self.name)
             if self._wire is not None:
                 self._wire.close()
                 self.lost(self._wire, "reconnecting")

@@ -118,7 +118,9 @@ class SafStore:
         """Send up to `limit` due messages of `acquirer`, in order; returns how many went.
 
         `send` raises to refuse one (the acquirer is down, or said no): that message backs
-        off and this round stops, so the messages behind it keep their place.
+        off and this round stops, so the messages behind it keep their place. A message
+        that cannot be decrypted (wrong data key) backs off the same way, with `last_error`
+        saying so, for an operator to look at: skipping it would break the order.
         """
         delivered = 0
         with translate_errors("delivering SAF messages"):
@@ -142,17 +144,18 @@ class SafStore:
                             if head is None or not head[5]:
                                 break  # empty, or the oldest is backing off
                             ident, kind, key, blob, attempts, _ = head
-                            payload = await self.sealer.open(bytes(blob),
-                                                             _aad(acquirer, kind, key))
-                            item = SafItem(ident, acquirer, kind, key, payload, attempts)
                             try:
-                                await send(item)
+                                payload = await self.sealer.open(bytes(blob),
+                                                                 _aad(acquirer, kind, key))
+                                await send(SafItem(ident, acquirer, kind, key, payload,
+                                                   attempts))
                             except Exception as error:
                                 wait = min(backoff_min * 2 ** attempts, backoff_max)
                                 await conn.execute(
                                     "UPDATE saf SET attempts = attempts + 1, last_error = %s,"
                                     " next_attempt_at = now() + make_interval(secs => %s)"
-                                    " WHERE id = %s", (str(error)[:500], wait, ident))
+                                    " WHERE id = %s",
+                                    ((str(error) or type(error).__name__)[:500], wait, ident))
                                 break
                             await conn.execute(
                                 "UPDATE saf SET delivered_at = now(), attempts = attempts + 1"

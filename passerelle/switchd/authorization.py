@@ -227,6 +227,8 @@ class AuthServices:
                                            backoff_min=s.backoff_min, backoff_max=s.backoff_max)
             except StorageError as error:
                 log.warning("auth.saf_delivery_failed", acquirer=name, error=str(error))
+            except Exception:  # a bug must not stop SAF delivery for good
+                log.exception("auth.saf_delivery_error", acquirer=name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), s.interval)
 

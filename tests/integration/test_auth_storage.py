@@ -120,6 +120,24 @@ def test_a_refused_message_backs_off_and_holds_back_the_ones_behind_it(db_dsn: s
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_a_message_sealed_under_another_key_waits_and_says_why(db_dsn: str) -> None:
+    async def scenario() -> None:
+        async with open_pool(db_dsn) as pool:
+            await SafStore(pool, AesGcmSealer(os.urandom(32))).enqueue(
+                "acq-c", "reversal", "k0", b"message")
+            store = SafStore(pool, AesGcmSealer(os.urandom(32)))  # the key was lost
+
+            async def send(item: SafItem) -> None:
+                raise AssertionError("never reached")
+
+            assert await store.deliver("acq-c", send) == 0
+            assert await store.depth() == {"acq-c": 1}
+        with psycopg.connect(db_dsn) as conn:
+            assert conn.execute("SELECT last_error FROM saf").fetchone() == ("InvalidTag",)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def _record(n: int) -> AuthRecord:
     return AuthRecord(
         at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n), mti="0100",
