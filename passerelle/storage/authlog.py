@@ -4,8 +4,8 @@ The dialogue calls `log()`, which only appends to a bounded in-memory queue. One
 drains the queue in batches with COPY (one round trip per batch). When PostgreSQL is away
 the batch goes to the fsynced spool journal instead (one record per batch) and is replayed
 in order, one segment per transaction, when the database answers again. A full queue
-(the writer fell behind by `max_queue` records) spools the overflow at once rather than
-drop it or block the terminal. Rows hold the masked PAN and its keyed HMAC, never the PAN.
+(the writer fell behind by `max_queue` records) sends the overflow to the spool rather
+than drop it or block the terminal. Rows hold the masked PAN and its keyed HMAC, never the PAN.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ class AuthLogWriter:
         self.replay_interval = replay_interval
         self.on_spooled = on_spooled
         self._queue: deque[AuthRecord] = deque()
+        self._overflow: list[AuthRecord] = []
+        self.dropped = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -86,9 +88,18 @@ class AuthLogWriter:
         self.spooled = 0
 
     def log(self, record: AuthRecord) -> None:
-        """Queue one record; never waits for I/O (the overflow is spooled at once)."""
+        """Queue one record; never waits for I/O.
+
+        Past `max_queue` records the overflow is set aside for the spool (written by the
+        writer task, off the loop); past twice that, records are counted as `dropped`.
+        """
         if len(self._queue) >= self.max_queue:
-            self._to_spool([record])
+            if len(self._overflow) >= self.max_queue:
+                self.dropped += 1
+                return
+            self._overflow.append(record)
+            self._idle.clear()
+            self._wake.set()
             return
         self._queue.append(record)
         self._idle.clear()
@@ -122,6 +133,9 @@ class AuthLogWriter:
                 async with asyncio.timeout(self.flush_interval):
                     await self._wake.wait()
             self._wake.clear()
+            if self._overflow:
+                overflow, self._overflow = self._overflow, []
+                await asyncio.to_thread(self._to_spool, overflow)
             while self._queue:
                 count = min(len(self._queue), self.batch)
                 rows = [self._queue.popleft() for _ in range(count)]

@@ -203,3 +203,22 @@ def test_directory_serves_cache_then_configuration_while_the_database_is_away(
             assert asyncio.get_running_loop().time() - started < 1.0
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_writer_that_falls_behind_spools_the_overflow_off_the_loop(db_dsn: str,
+                                                                     tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with Spool(tmp_path / "spool") as spool:
+            async with open_pool(db_dsn) as pool:
+                writer = AuthLogWriter(pool, spool, max_queue=10, batch=5)
+                writer.start()
+                for n in range(1, 31):  # no await: the writer cannot run meanwhile
+                    writer.log(_record(n))
+                await writer.flush()
+                assert (writer.written, writer.spooled, writer.dropped) == (10, 10, 10)
+                await writer.replay()
+                await writer.close()
+        with psycopg.connect(db_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM authorizations").fetchone() == (20,)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
