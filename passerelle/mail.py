@@ -194,6 +194,10 @@ def send(settings: MailSettings, message: EmailMessage,
             if _temporary(exc.smtp_code):
                 continue
             return delivery
+        except (smtplib.SMTPNotSupportedError, ssl.SSLError) as exc:
+            # A relay without STARTTLS/AUTH or with an untrusted certificate: fix settings.
+            delivery.error = f"{settings.host}:{settings.port}: {exc}"
+            return delivery
         except (smtplib.SMTPException, OSError) as exc:
             delivery.error = f"cannot reach {settings.host}:{settings.port}: {exc}"
             continue

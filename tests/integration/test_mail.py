@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from passerelle.mail import (
@@ -17,7 +18,7 @@ from passerelle.mail import (
     send_password_link,
     send_ticket,
 )
-from tests.integration.smtp_server import Recorder, smtp_server
+from tests.integration.smtp_server import Recorder, self_signed, smtp_server
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +130,25 @@ def test_settings_come_from_toml_and_errors_name_the_key(tmp_path) -> None:
     bad.write_text('[mail]\nport = 70000\n', encoding="utf-8")
     with pytest.raises(MailError, match=r"\[mail\].*mail\.port"):
         load_settings(bad)
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.filterwarnings("ignore:Session.login_data is deprecated")
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_and_authentication(tmp_path, security) -> None:
+    cert, key = self_signed(tmp_path)
+    with smtp_server(tls=security, cert=cert, key=key,
+                     login=("relay", "s3cret")) as (recorder, port):
+        settings = MailSettings(host="127.0.0.1", port=port, security=security,
+                                username="relay", password="s3cret", cafile=str(cert),
+                                backoff_s=0.01, timeout_s=5)
+        delivery = send_ticket(settings, BRAND, ["a@example.fr"], "s", TICKET)
+        assert delivery.ok, delivery
+        assert len(recorder.messages) == 1
+        wrong = msgspec.structs.replace(settings, password="nope", attempts=1)
+        refused = send_ticket(wrong, BRAND, ["a@example.fr"], "s", TICKET)
+        assert not refused.ok and refused.error and refused.error.startswith("535")
+        untrusted = msgspec.structs.replace(settings, cafile=None, attempts=1)
+        failed = send_ticket(untrusted, BRAND, ["a@example.fr"], "s", TICKET)
+        assert not failed.ok and "CERTIFICATE_VERIFY_FAILED" in (failed.error or "")
+        assert len(recorder.messages) == 1
