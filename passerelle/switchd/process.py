@@ -145,6 +145,11 @@ class SwitchdProcess:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit on its own (after a signal sent by the caller)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; SIGKILL if it does not exit in time. The exit code."""
         assert self.proc is not None
@@ -157,6 +162,8 @@ class SwitchdProcess:
                 self.proc.wait()
         if self._reader is not None:
             self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         return self.proc.returncode
 
     def __enter__(self) -> SwitchdProcess:

@@ -226,7 +226,7 @@ def test_sd_notify_ready_watchdog_reload_stopping_and_sigterm_drain(tmp_path: Pa
                 assert xot_tpe.cleared is not None
             run(scenario())
             notify.expect("STOPPING=1")
-            assert process.stop() == 0
+            assert process.wait(30) == 0  # the SIGTERM above: drained, exit 0
         finally:
             process.stop()
     finally:

@@ -59,7 +59,8 @@ class _LiveCapture:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.lines: list[str] = []
         self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -88,6 +89,9 @@ class _LiveCapture:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)  # writes the file and exits
         self.process.wait(30)
+        self.reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def test_live_capture_of_switchd_dissects_cleanly(tmp_path: Path) -> None:
