@@ -7,7 +7,7 @@ import hmac
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passerelle.storage.db import StorageError, StorageSettings, settings_from_table
@@ -57,6 +57,7 @@ def test_keys_are_checked_and_never_printed() -> None:
     assert "6b6b" not in repr(PanHmacKey.from_hex(2, "6b" * 32))
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail a fast parser
 @given(st.text(alphabet="0123456789", min_size=12, max_size=18))
 def test_exactly_one_check_digit_completes_a_pan(body: str) -> None:
     assert sum(luhn_valid(body + d) for d in "0123456789") == 1
