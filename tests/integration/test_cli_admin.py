@@ -4,8 +4,13 @@ with a real SMTP server on loopback for the mails."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
+import os
+import pty
 import re
+import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.cli_helpers import mpctl, one_line_error
+from tests.integration.cli_helpers import MPCTL, mpctl, one_line_error
 from tests.integration.smtp_server import Recorder, smtp_server
 
 pytestmark = pytest.mark.integration
@@ -208,3 +213,70 @@ def test_ticket_mail_and_its_limits(seeded, mail_config) -> None:
         partly.stderr)
     assert "mailed to ok@example.fr" in partly.stderr
     assert recorder.messages[-1][0] == ["ok@example.fr"]
+
+
+@pytest.fixture
+def metrics_url() -> Iterator[str]:
+    """A real HTTP server answering /metrics in the Prometheus text format."""
+    body = (b"# TYPE passerelle_saf_depth gauge\npasserelle_saf_depth 0\n"
+            b'passerelle_connections{listener="xot"} 3\n')
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_status_reads_the_daemon_metrics(seeded, metrics_url, tmp_path) -> None:
+    result = mpctl("status", "--state-dir", str(tmp_path), "--metrics-url", metrics_url,
+                   "--json", dsn=seeded)
+    assert result.returncode == 0, result.stderr
+    daemon = json.loads(result.stdout)["daemon"]
+    assert daemon["reachable"]
+    assert daemon["samples"]['passerelle_connections{listener="xot"}'] == "3"
+
+
+def test_export_shows_a_progress_bar_only_on_a_terminal(seeded, tmp_path) -> None:
+    main, side = pty.openpty()
+    try:
+        out = tmp_path / "tx.csv"
+        process = subprocess.run(
+            [MPCTL, "export", "transactions", "--from", "2026-11-12", "--to", "2026-11-15",
+             "-o", str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=side,
+            env={**os.environ, "PASSERELLE_DSN": seeded}, timeout=120, check=False)
+        os.close(side)
+        side = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+        if side != -1:
+            os.close(side)
+    assert process.returncode == 0
+    assert b"exporting transactions" in seen and b"100%" in seen
+    plain = mpctl("export", "transactions", "--from", "2026-11-12", "--to", "2026-11-15",
+                  "-o", str(tmp_path / "tx2.csv"), dsn=seeded)
+    assert "exporting" not in plain.stderr  # not a terminal: no bar
+    assert (tmp_path / "tx2.csv").read_bytes() == out.read_bytes()
