@@ -258,15 +258,22 @@ class Authorizer:
         self._stand_in_numbers = itertools.count(1)
 
     def __call__(self, message: Message, context: Any) -> Any:
-        return self.authorize(message)
+        return self._labelled(message)
+
+    async def _labelled(self, message: Message) -> tuple[bytes, str]:
+        """(answer, response code): the dispatcher counts messages by the code we chose."""
+        state = _Attempt()
+        answer = await self._authorize(message, state)
+        return answer, state.code
 
     async def authorize(self, message: Message) -> bytes:
         """The 0110 for `message`, always before the deadline."""
+        return await self._authorize(message, _Attempt())
+
+    async def _authorize(self, message: Message, state: _Attempt) -> bytes:
         loop = asyncio.get_running_loop()
         settings = self.s.settings.authorization
-        started = loop.time()
-        deadline = started + settings.deadline - settings.margin
-        state = _Attempt()
+        deadline = loop.time() + settings.deadline - settings.margin
         try:
             async with asyncio.timeout_at(deadline):
                 answer = await self._decide(message, state, deadline)
@@ -389,6 +396,7 @@ class Authorizer:
                 additional: Any = None) -> bytes:
         """Build the 0110, count it and log it."""
         answer = translate.terminal_answer(message, code, approval, issuer_data, additional)
+        state.code = code
         acquirer = state.acquirer.name if state.acquirer is not None and (
             code not in ("91",) or state.stand_in) else ""
         self.s.metrics.authorization(state.application or "", acquirer or "none",
@@ -428,8 +436,8 @@ class Authorizer:
 class _Attempt:
     """What one authorization learned so far (for the answer, the log and a reversal)."""
 
-    __slots__ = ("acquirer", "amount", "application", "contract", "currency", "expiry", "pan",
-                 "stand_in", "started", "terminal", "wire")
+    __slots__ = ("acquirer", "amount", "application", "code", "contract", "currency", "expiry",
+                 "pan", "stand_in", "started", "terminal", "wire")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -443,6 +451,7 @@ class _Attempt:
         self.acquirer: AcquirerSettings | None = None
         self.wire: bytes | None = None
         self.stand_in = False
+        self.code = ""
 
 
 def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any = None,

@@ -54,6 +54,9 @@ def test_approve_and_decline_through_each_acquirer_profile(tmp_path: Path, profi
             assert stack.sims["acq-a"].requests[
                 "1100" if profile == "iso93-binary" else "0100"] == 2
             assert stack.sims["acq-b"].approved == 0
+            counted = generate_latest(stack.daemon.metrics.registry).decode()
+            assert 'switchd_messages_total{mti="0100",result="00"} 1.0' in counted
+            assert 'switchd_messages_total{mti="0100",result="51"} 1.0' in counted
 
     run(scenario())
 
