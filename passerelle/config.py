@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from passerelle.codecs.profiles import PROFILES
+
 __all__ = [
     "CbcomSettings",
     "CbcomTlsListener",
@@ -123,6 +125,9 @@ class X25Settings(_Section):
     max_window: Annotated[int, msgspec.Meta(ge=1, le=127)] = 7  # capped at modulo - 1
     call_timeout: Seconds = 180.0  # T11: Call Request or accept not in time
     clear_timeout: Seconds = 60.0  # T13: no Clear Confirmation after our Clear
+    # The called X.121 address selects the CB2A profile (longest matching prefix wins),
+    # e.g. {"19600199" = "cb2a-ebcdic"}; any other call uses "cb2a".
+    called_profiles: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class CbcomSettings(_Section):
@@ -220,6 +225,13 @@ def _check(settings: Settings) -> None:
     if x25.window > min(x25.max_window, 7):
         raise ConfigError(f"x25.window: {x25.window} is larger than x25.max_window "
                           f"({x25.max_window}) or 7 (modulo 8)")
+    for address, name in x25.called_profiles.items():
+        if not address.isdigit() or len(address) > 15:
+            raise ConfigError(f"x25.called_profiles: {_toml_repr(address)} is not an X.121 "
+                              "address (up to 15 digits)")
+        if name not in PROFILES:
+            raise ConfigError(f"x25.called_profiles.{address}: unknown profile "
+                              f"{_toml_repr(name)} (known: {', '.join(sorted(PROFILES))})")
     tls = settings.listeners.cbcom_tls
     if tls.enabled:
         for key in ("cert", "key"):

@@ -256,6 +256,7 @@ class XotStack(_CbcomUser):
                     continue  # a packet after the Call Request already broke the call
                 circuit.accept_call()
                 conn.log.info("x25.call_accepted", lcn=event.lcn)
+                self._select_profile(event.called)
                 self.session = cs.CbcomSession(cs.Role.SERVER, self._cbcom_config(), now=now)
                 self._open = True
                 conn.session_started(None)
@@ -278,6 +279,16 @@ class XotStack(_CbcomUser):
     def _connected(self, mode: str) -> None:
         if self.conn.context is not None:
             self.conn.context.mode = mode
+
+    def _select_profile(self, called: str) -> None:
+        """The called address may choose the CB2A profile (x25.called_profiles)."""
+        table = self.listener.daemon.settings.x25.called_profiles
+        matches = [prefix for prefix in table if called.startswith(prefix)]
+        context = self.conn.context
+        if matches and context is not None:
+            name = table[max(matches, key=len)]
+            context.profile = self.listener.daemon.dispatcher.profile(name)
+            self.conn.log.info("x25.profile_selected", called=called, profile=name)
 
     def _flush(self, now: float) -> None:
         circuit = self.circuit

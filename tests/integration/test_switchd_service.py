@@ -110,6 +110,28 @@ def test_long_message_through_small_packets(switchd: SwitchdProcess) -> None:
     run(scenario())
 
 
+def test_called_address_selects_the_profile(tmp_path: Path) -> None:
+    settings = {"listeners": {"xot": LOCAL, "cbcom": {"enabled": False},
+                              "iso": {"enabled": False}},
+                "x25": {"called_profiles": {"196001": "cb2a-ebcdic"}},
+                "metrics": {"enabled": False}}
+    ebcdic = get_profile("cb2a-ebcdic")
+    request = encode(ebcdic, "0800", {11: "000012", 41: "SIMTPE01", 70: "301"})
+    with SwitchdProcess(settings, tmp_path) as process:
+        async def scenario() -> tuple[Message, Message]:
+            async with await Terminal.dial_xot("127.0.0.1", process.port("xot"),
+                                               called="19600199") as tpe:
+                selected = Message.parse(await tpe.exchange(request), ebcdic)
+            async with await Terminal.dial_xot("127.0.0.1", process.port("xot"),
+                                               called="19700000") as tpe:
+                default = Message.parse(await tpe.exchange(echo_request(13)), CB2A)
+            return selected, default
+        selected, default = run(scenario())
+        assert (selected.mti, selected.get(39), selected.get(41)) == ("0810", "00", "SIMTPE01")
+        assert default.get(39) == "00"
+        assert process.find("x25.profile_selected", profile="cb2a-ebcdic")
+
+
 def test_metrics_show_the_counters(switchd: SwitchdProcess) -> None:
     async def scenario() -> str:
         async with await Terminal.dial_cbcom("127.0.0.1", switchd.port("cbcom")) as tpe:
