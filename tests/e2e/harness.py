@@ -52,7 +52,6 @@ class SmtpSink:
         self.messages: list[Message] = []
         self.envelopes: list[Envelope] = []
         self.loop = asyncio.new_event_loop()
-        self.server: asyncio.Server | None = None
         self.port = 0
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Envelope) -> str:
@@ -62,18 +61,20 @@ class SmtpSink:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[SmtpSink]:
-        self.server = self.loop.run_until_complete(
-            self.loop.create_server(lambda: SMTP(self), "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
+        """Serve in a thread of its own: the caller's thread may run another event loop
+        (Playwright's sync API does)."""
         thread = threading.Thread(target=self.loop.run_forever, name="smtp-sink", daemon=True)
         thread.start()
+        server = asyncio.run_coroutine_threadsafe(
+            self.loop.create_server(lambda: SMTP(self), "127.0.0.1", 0), self.loop).result(30)
+        self.port = server.sockets[0].getsockname()[1]
         try:
             yield self
         finally:
+            server.close()
+            asyncio.run_coroutine_threadsafe(server.wait_closed(), self.loop).result(30)
             self.loop.call_soon_threadsafe(self.loop.stop)
             thread.join(timeout=10)
-            self.server.close()
-            self.loop.run_until_complete(self.server.wait_closed())
             self.loop.close()
 
 
