@@ -7,12 +7,14 @@ Checks, each reported even when another fails:
   was away), read without taking the journal's lock, so switchd keeps running;
 - last télécollecte per terminal, and the active terminals that did not call yesterday
   (Europe/Paris day);
-- daemon health from its Prometheus `/metrics` URL when `--metrics-url` is given.
+- daemon health from its Prometheus `/metrics` URL when `--metrics-url` is given: the
+  acquirer links' state and the terminals connected by listener.
 Exit code 1 when the database or the daemon cannot be reached, else 0.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 from datetime import datetime, time, timedelta
@@ -33,6 +35,7 @@ from passerelle.storage.db import StorageError
 from passerelle.tickets import PARIS
 
 _METRIC_PREFIXES = ("passerelle_", "switchd_")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def _database_report(dsn: str | None, state_dir: str) -> dict[str, Any]:
@@ -87,11 +90,33 @@ def _metrics_report(url: str) -> dict[str, Any]:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return {"url": url, "reachable": False, "error": str(exc)}
     samples = {}
+    links: dict[str, str] = {}
+    connections: dict[str, float] = {}
     for line in body.splitlines():
-        if line.startswith(_METRIC_PREFIXES):
-            name, _, value = line.rpartition(" ")
-            samples[name] = value
-    return {"url": url, "reachable": True, "samples": samples}
+        if not line.startswith(_METRIC_PREFIXES):
+            continue
+        name, _, value = line.rpartition(" ")
+        samples[name] = value
+        metric, labels = _labels(name)
+        if metric == "passerelle_acquirer_link_state" and _number(value) == 1:
+            links[labels.get("acquirer", "?")] = labels.get("state", "?")
+        elif metric == "switchd_connections_open":
+            connections[labels.get("listener", "?")] = _number(value)
+    return {"url": url, "reachable": True, "links": links,
+            "connections_open": connections, "samples": samples}
+
+
+def _labels(sample: str) -> tuple[str, dict[str, str]]:
+    """`name{a="x",b="y"}` -> ("name", {"a": "x", "b": "y"})."""
+    metric, _, rest = sample.partition("{")
+    return metric, dict(_LABEL.findall(rest))
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 @click.command(name="status")
@@ -136,7 +161,14 @@ def _print(report: dict[str, Any]) -> None:
     daemon = report.get("daemon")
     if daemon is not None:
         if daemon["reachable"]:
-            click.echo(f"daemon     up ({daemon['url']}, {len(daemon['samples'])} samples)")
+            click.echo(f"daemon     up ({daemon['url']})")
+            links = daemon["links"]
+            click.echo("links      " + (", ".join(f"{k}: {v}" for k, v in sorted(links.items()))
+                                        or "none reported"))
+            open_now = daemon["connections_open"]
+            click.echo("terminals  " + (", ".join(f"{k}: {v:g} connected"
+                                                  for k, v in sorted(open_now.items()))
+                                        or "none reported"))
         else:
             click.echo(f"daemon     UNREACHABLE at {daemon['url']}: {daemon['error']}")
     if db["reachable"]:

@@ -21,9 +21,10 @@ from passerelle.cli.common import (
     fail,
     json_option,
     mail_config_option,
+    mail_settings,
     resolve_user,
 )
-from passerelle.mail import Delivery, load_settings, parse_recipients, send_ticket
+from passerelle.mail import Delivery, parse_recipients, send_ticket
 from passerelle.storage import queries
 from passerelle.storage.filters import (
     RemiseFilters,
@@ -76,7 +77,7 @@ def _deliver(kwargs: dict[str, Any], recipients: list[str] | None, *, subject: s
              ticket: str, key: str, row_id: int) -> None:
     delivery: Delivery | None = None
     if recipients:
-        settings, branding = load_settings(kwargs["config_path"])
+        settings, branding = mail_settings(kwargs["config_path"])
         delivery = send_ticket(settings, branding, recipients, subject, ticket)
     if kwargs["as_json"]:
         emit_json({key: row_id, "ticket": ticket, "mail": delivery})
@@ -113,6 +114,8 @@ def remise(remise_id: int | None, day: str | None, mail_to: str | None,
       mpctl ticket remise 506 --mail compta@example.fr --config /etc/passerelle.toml
     """
     recipients = parse_recipients(mail_to) if mail_to else None
+    if recipients:
+        mail_settings(kwargs["config_path"])  # a bad configuration stops us before any work
     selectors = {k: kwargs.pop(k) for k in ("remise_number", "terminal_serial",
                                             "contract_number", "application")}
     if remise_id is None and not any(selectors.values()):
@@ -157,6 +160,8 @@ def payment(transaction_id: int | None, day: str | None, copy_kind: str,
       mpctl ticket payment 6728 --copy merchant --mail a@example.fr,b@example.fr
     """
     recipients = parse_recipients(mail_to) if mail_to else None
+    if recipients:
+        mail_settings(kwargs["config_path"])  # a bad configuration stops us before any work
     selectors = {k: kwargs.pop(k) for k in ("authorization_number", "rrn", "terminal_serial",
                                             "remise_number", "last4", "amount")}
     if transaction_id is None and not any(selectors.values()):

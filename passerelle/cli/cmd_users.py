@@ -28,10 +28,11 @@ from passerelle.cli.common import (
     fail,
     json_option,
     mail_config_option,
+    mail_settings,
     paris,
     table,
 )
-from passerelle.mail import load_settings, parse_recipients, send_password_link
+from passerelle.mail import parse_recipients, send_password_link
 
 TOKEN_HOURS = 72
 ROLES = {"merchant": "merchant", "fleet-manager": "fleet", "finance": "finance",
@@ -125,7 +126,7 @@ def add(*, email: str, role: str, display_name: str | None, contracts: tuple[str
     email = parse_recipients(email, limit=1, option="EMAIL")[0]
     if role != "operator" and not contracts:
         raise fail("--contract: a merchant, fleet-manager or finance user needs a scope", 2)
-    settings, branding = load_settings(config_path) if not no_mail else (None, None)
+    settings, branding = mail_settings(config_path) if not no_mail else (None, None)
     token = secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + timedelta(hours=TOKEN_HOURS)
     with database(dsn, state_dir) as conn:

@@ -22,7 +22,7 @@ import click
 import msgspec
 import psycopg
 
-from passerelle.mail import MailError
+from passerelle.mail import Branding, MailError, MailSettings, load_settings
 from passerelle.storage.db import DatabaseUnavailable, StorageError, connect
 from passerelle.storage.filters import FilterError
 from passerelle.storage.pan import PanHmacKey
@@ -176,6 +176,14 @@ def mail_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False),
         help="TOML configuration with the [mail] and [branding] tables (or PASSERELLE_CONFIG).",
     )(func)
+
+
+def mail_settings(config_path: str | None) -> tuple[MailSettings, Branding]:
+    """The [mail] and [branding] settings, or a clear error when none are configured."""
+    if config_path is None:
+        raise MailError("--config: sending mail needs the [mail] settings; give --config "
+                        "FILE or set PASSERELLE_CONFIG")
+    return load_settings(config_path)
 
 
 def is_tty_stderr() -> bool:

@@ -219,7 +219,10 @@ def test_ticket_mail_and_its_limits(seeded, mail_config) -> None:
 def metrics_url() -> Iterator[str]:
     """A real HTTP server answering /metrics in the Prometheus text format."""
     body = (b"# TYPE passerelle_saf_depth gauge\npasserelle_saf_depth 0\n"
-            b'passerelle_connections{listener="xot"} 3\n')
+            b'switchd_connections_open{listener="xot"} 3.0\n'
+            b'passerelle_acquirer_link_state{acquirer="bnp",state="up"} 1.0\n'
+            b'passerelle_acquirer_link_state{acquirer="bnp",state="down"} 0.0\n'
+            b'passerelle_acquirer_link_state{acquirer="amex",state="reconnecting"} 1.0\n')
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -248,7 +251,12 @@ def test_status_reads_the_daemon_metrics(seeded, metrics_url, tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     daemon = json.loads(result.stdout)["daemon"]
     assert daemon["reachable"]
-    assert daemon["samples"]['passerelle_connections{listener="xot"}'] == "3"
+    assert daemon["links"] == {"bnp": "up", "amex": "reconnecting"}
+    assert daemon["connections_open"] == {"xot": 3.0}
+    human = mpctl("status", "--state-dir", str(tmp_path), "--metrics-url", metrics_url,
+                  dsn=seeded).stdout
+    assert "links      amex: reconnecting, bnp: up" in human
+    assert "terminals  xot: 3 connected" in human
 
 
 def test_export_shows_a_progress_bar_only_on_a_terminal(seeded, tmp_path) -> None:
@@ -280,3 +288,16 @@ def test_export_shows_a_progress_bar_only_on_a_terminal(seeded, tmp_path) -> Non
                   "-o", str(tmp_path / "tx2.csv"), dsn=seeded)
     assert "exporting" not in plain.stderr  # not a terminal: no bar
     assert (tmp_path / "tx2.csv").read_bytes() == out.read_bytes()
+
+
+def test_mail_without_configuration_is_refused_before_any_work(seeded) -> None:
+    ticket = mpctl("ticket", "remise", "1", "--mail", "a@example.fr", dsn=seeded)
+    assert ticket.returncode == 2 and ticket.stdout == ""
+    assert one_line_error(ticket) == (
+        "error: --config: sending mail needs the [mail] settings; give --config FILE or "
+        "set PASSERELLE_CONFIG")
+    user = mpctl("users", "add", "z@example.fr", "--role", "finance", "--contract",
+                 "0012345", dsn=seeded)
+    assert user.returncode == 2 and "--config" in user.stderr
+    with psycopg.connect(seeded) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
