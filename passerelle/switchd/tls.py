@@ -61,9 +61,9 @@ class TLSLayer:
             while True:
                 try:
                     chunk = self._obj.read(65536)
-                except ssl.SSLWantReadError:
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):  # more to come; close_notify
                     break
-                if not chunk:  # close_notify
+                if not chunk:
                     break
                 plain += chunk
         except ssl.SSLError as error:
