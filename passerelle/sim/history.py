@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import psycopg
 
-from passerelle.storage.db import StorageError, connect, open_pool
+from passerelle.storage.db import StorageError, connect, open_pool, translate_errors
 from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac
 from passerelle.storage.remises import (
     COPY_TRANSACTIONS,
@@ -473,7 +473,8 @@ def write_history(
     report = HistoryReport(merchants=len(fleet.merchants), contracts=len(fleet.contracts),
                            terminals=len(fleet.terminals), first_day=spec.first_day(),
                            last_day=spec.last_day())
-    with connect(dsn) as conn:
+    with connect(dsn) as conn, translate_errors("writing the history"):
+        _check_target(conn, fleet)
         write_fleet(conn, fleet, spec)
         _ensure_partitions(conn, spec)
         conn.commit()
@@ -489,6 +490,22 @@ def write_history(
             return report
     asyncio.run(_write_with_writer(dsn, spec, fleet, report, progress))
     return report
+
+
+def _check_target(conn: psycopg.Connection, fleet: Fleet) -> None:
+    """Refuse, with the fix, a database without the schema or already holding this fleet."""
+    row = conn.execute("SELECT to_regclass('remises') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise StorageError("the database has no passerelle schema: run `mpctl db migrate`")
+    taken = conn.execute(
+        "SELECT contract_number, application FROM contracts"
+        " WHERE (contract_number, application) IN (SELECT * FROM unnest(%s::text[],"
+        " %s::text[])) LIMIT 1",
+        ([c.contract_number for c in fleet.contracts],
+         [c.application for c in fleet.contracts])).fetchone()
+    if taken:
+        raise StorageError(f"contract {taken[0]}/{taken[1]} already exists: the history "
+                           "goes into a database without a fleet")
 
 
 async def _write_with_writer(dsn: str, spec: HistorySpec, fleet: Fleet, report: HistoryReport,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -511,6 +512,9 @@ def _get(conn: psycopg.Connection, table: _Table, row_id: int, user_id: int | No
         return cur.execute(query, params).fetchone()
 
 
+_CURSOR_NUMBERS = itertools.count(1)  # unique names: two streams may share a connection
+
+
 def _iterate(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters,
              user_id: int | None, batch: int) -> Iterator[Any]:
     table = _table_for(filters)
@@ -521,7 +525,8 @@ def _iterate(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilte
     )
     # A named (server-side) cursor: rows come `batch` at a time, whatever the total.
     with translate_errors(f"exporting {table.name}"), conn.transaction(), conn.cursor(
-        name=f"export_{table.name}", row_factory=kwargs_row(table.row_type)
+        name=f"export_{table.name}_{next(_CURSOR_NUMBERS)}",
+        row_factory=kwargs_row(table.row_type),
     ) as cur:
         cur.itersize = batch
         cur.execute(query, params)

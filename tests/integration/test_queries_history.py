@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from passerelle.sim.history import HistorySpec, write_history
+from passerelle.storage.db import StorageError
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +60,11 @@ def test_another_seed_gives_another_history(db_dsn, empty_db_dsn) -> None:
     write_history(empty_db_dsn, HistorySpec(terminals=4, days=5, end=date(2026, 11, 21),
                                             seed=8, transactions_per_day=(0, 6)))
     assert snapshot(db_dsn)[1] != snapshot(empty_db_dsn)[1]
+
+
+def test_a_database_without_schema_or_with_a_fleet_is_refused(db_dsn, empty_db_dsn) -> None:
+    with pytest.raises(StorageError, match="no passerelle schema: run `mpctl db migrate`"):
+        write_history(empty_db_dsn, SPEC)
+    write_history(db_dsn, SPEC)
+    with pytest.raises(StorageError, match=r"contract 0012345/CBEMV already exists"):
+        write_history(db_dsn, SPEC)
