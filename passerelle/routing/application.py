@@ -19,6 +19,8 @@ contract (from the directory) is one of them, it wins over what the card says.
 
 from __future__ import annotations
 
+from typing import Any
+
 from passerelle.codecs.iso8583 import Message
 
 APPLICATIONS = frozenset({
@@ -54,9 +56,11 @@ def family_of_bin(pan: str) -> str:
     return "CB"
 
 
-def _aid(message: Message) -> str | None:
-    if 55 in message:
-        for tag, value in message.get(55):
+def _aid(message: Message, icc: Any = None) -> str | None:
+    if icc is None and 55 in message:
+        icc = message.get(55)
+    if icc:
+        for tag, value in icc:
             if tag in ("9F06", "004F", "0084", "4F", "84"):
                 return value.hex().upper()
     if 59 in message:
@@ -75,12 +79,14 @@ def family_of_aid(aid: str) -> str | None:
     return None
 
 
-def read_application(message: Message, pan: str, contract_application: str | None = None) -> str:
-    """The application of a terminal's 0100 (see the module docstring for the rules)."""
+def read_application(message: Message, pan: str, contract_application: str | None = None,
+                     icc: Any = None) -> str:
+    """The application of a terminal's 0100 (see the module docstring for the rules);
+    `icc` is field 55 when the caller has already decoded it."""
     if contract_application in CONTRACT_APPLICATIONS:
         return contract_application
     mode = str(message.get(22, "000")).zfill(3)[:2] if 22 in message else "05"
-    aid = _aid(message)
+    aid = _aid(message, icc)
     family = (family_of_aid(aid) if aid else None) or family_of_bin(pan)
     chip, contactless, vad = _FAMILY_APPS[family]
     if mode in _CONTACTLESS:

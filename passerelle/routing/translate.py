@@ -142,16 +142,23 @@ def _build(profile: Profile, mti: str, fields: dict[int, Any]) -> bytes:
     return b"".join(parts)
 
 
-def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime) -> tuple[bytes, Key]:
+def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime,
+                known: dict[int, Any] | None = None) -> tuple[bytes, Key]:
     """The acquirer's request for a terminal's 0100, and the key its answer will carry.
 
     Fields both profiles encode alike are copied as raw slices; only the others are
-    converted and encoded (this runs for every authorization).
+    converted and encoded (this runs for every authorization). `known` holds fields the
+    caller has already converted (2, 11, 12, 13, 41, 55), so they are not converted twice.
     """
     profile_name = acquirer.profile
     if profile_name == "cb2a":
         return request.wire, key_of(request, answer_mti(request.mti))
-    get = request.get
+    known = known or {}
+
+    def get(number: int, default: Any = None) -> Any:
+        value = known.get(number)
+        return request.get(number, default) if value is None else value
+
     same = _same_wire(request.profile.name, profile_name)
     fields: dict[int, Any] = {n: request.raw(n) if n in same else get(n)
                               for n in _COPIED if n in request}

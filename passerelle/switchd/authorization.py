@@ -307,7 +307,10 @@ class Authorizer:
         info = await self.s.directory.lookup(terminal)
         if info is None or info.contract != contract or not info.active:
             return self._answer(message, state, "03")
-        state.application = application = read_application(message, pan, info.application)
+        icc = message.get(55) if 55 in message else None
+        known = {2: pan, 55: icc, 41: terminal}
+        state.application = application = read_application(message, pan, info.application,
+                                                            icc)
         route = self.s.router.match(application, pan, contract, currency)
         if route is None:
             return self._answer(message, state, "92")
@@ -321,7 +324,7 @@ class Authorizer:
                 continue
             acquirer = link.settings
             try:
-                wire, key = translate.to_acquirer(message, acquirer, now)
+                wire, key = translate.to_acquirer(message, acquirer, now, known)
             except CodecError as error:
                 log.warning("auth.untranslatable", acquirer=name, field=error.field,
                             reason=error.reason)
