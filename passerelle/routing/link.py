@@ -17,7 +17,6 @@ import random
 import ssl
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
@@ -258,8 +257,3 @@ class AcquirerLink:
                 await self._network("echo", echo=True)
                 self._last_activity = time.monotonic()
 
-
-def description(link: AcquirerLink) -> dict[str, Any]:
-    """What `mpctl status` and tests show of a link."""
-    return {"acquirer": link.name, "state": link.state, "in_flight": len(link.mux),
-            "strays": dict(link.mux.strays)}

@@ -237,10 +237,6 @@ class Outcome:
         self.issuer_data = issuer_data
         self.additional = additional
 
-    @property
-    def approved(self) -> bool:
-        return self.code in ("00", "08", "10", "11")
-
 
 def from_acquirer(answer: Message, acquirer: AcquirerSettings) -> Outcome:
     """The acquirer's answer in CB terms. Raises CodecError for an unreadable answer."""
