@@ -177,3 +177,15 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+def test_the_whole_stack_runs_on_uvloop(tmp_path: Path) -> None:
+    import uvloop
+
+    async def scenario() -> list[Any]:
+        async with auth_stack(tmp_path) as stack:
+            return await _ask(stack.port, *(auth_request(stan=n) for n in range(1, 21)))
+
+    answers = uvloop.run(asyncio.wait_for(scenario(), 60))
+    assert [a.get(39) for a in answers] == ["00"] * 20
+    assert len({a.get(38) for a in answers}) == 20
