@@ -301,3 +301,17 @@ def test_mail_without_configuration_is_refused_before_any_work(seeded) -> None:
     assert user.returncode == 2 and "--config" in user.stderr
     with psycopg.connect(seeded) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+def test_status_counts_spooled_records_without_taking_the_journal(seeded, tmp_path) -> None:
+    from passerelle.storage.spool import Spool
+
+    spool = Spool(tmp_path / "spool").open()  # held open, as a running switchd holds it
+    try:
+        spool.append(1, b"remise one")
+        spool.append(1, b"remise two")
+        result = mpctl("status", "--state-dir", str(tmp_path), "--json", dsn=seeded)
+    finally:
+        spool.close()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["spool"]["records"] == 2
