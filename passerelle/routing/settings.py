@@ -116,6 +116,8 @@ class AuthorizationSettings(_Section):
     # the database is left alone for `directory_retry` s: terminals never wait for it.
     directory_timeout: Seconds = 0.5
     directory_retry: Seconds = 5.0
+    # Recent approvals kept (in memory) so that a terminal's own reversal can be sent on.
+    reversal_memory: Count = 50_000
     terminals: list[TerminalEntry] = msgspec.field(default_factory=list)
     contracts: list[ContractEntry] = msgspec.field(default_factory=list)
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +56,8 @@ from passerelle.storage.spool import Spool
 log = structlog.get_logger("passerelle.auth")
 
 AUTH_MTIS = ("0100", "0101")
+REVERSAL_MTIS = ("0400", "0401", "0420", "0421")
+_APPROVED = ("00", "08", "10", "11")
 _ACCEPTED = ("00", "000", "400", "800")  # SAF acknowledgements
 
 
@@ -256,6 +259,38 @@ class Authorizer:
     def __init__(self, services: AuthServices) -> None:
         self.s = services
         self._stand_in_numbers = itertools.count(1)
+        # (terminal, STAN) -> what to reverse if the terminal reverses it: recent approvals
+        # only, bounded; the acquirer message holds a PAN, so it lives in memory only.
+        self._approved: OrderedDict[tuple[str, str], tuple[AcquirerSettings, bytes]] = \
+            OrderedDict()
+
+    def _remember(self, state: _Attempt, stan: str, acquirer: AcquirerSettings,
+                  wire: bytes) -> None:
+        self._approved[state.terminal, stan] = (acquirer, wire)
+        if len(self._approved) > self.s.settings.authorization.reversal_memory:
+            self._approved.popitem(last=False)
+
+    def reverse(self, message: Message, context: Any) -> tuple[bytes, str]:
+        """A terminal's 0400/0420: reverse the approval it names (field 90, else its STAN).
+
+        The reversal goes to the SAF for the acquirer that approved (or was advised of a
+        stand-in), and the terminal is answered 00 at once. A reversal of nothing we
+        approved is answered 00 too (there is nothing to undo, and a refusal would only
+        make the terminal repeat it); without a SAF store the answer is 91.
+        """
+        terminal = str(message.get(41, "")).strip()
+        original = str(message.get(90, "")) if 90 in message else ""
+        stan = original[4:10] if len(original) >= 10 else str(message.get(11, ""))
+        code = "00"
+        if self.s.saf is None:
+            code = "91"
+        else:
+            entry = self._approved.pop((terminal, stan), None)
+            if entry is not None:
+                self.s.queue_saf(entry[0], "reversal", entry[1])
+            log.info("auth.terminal_reversal", terminal=terminal, stan=stan,
+                     matched=entry is not None)
+        return translate.terminal_answer(message, code), code
 
     def __call__(self, message: Message, context: Any) -> Any:
         return self._labelled(message)
@@ -356,6 +391,8 @@ class Authorizer:
                 log.warning("auth.bad_acquirer_answer", acquirer=name, reason=error.reason)
                 continue
             state.wire = None
+            if outcome.code in _APPROVED:
+                self._remember(state, str(message.get(11, "")), acquirer, wire)
             return self._answer(message, state, outcome.code, approval=outcome.approval,
                                 issuer_data=outcome.issuer_data,
                                 additional=outcome.additional)
@@ -391,6 +428,7 @@ class Authorizer:
             return self._answer(message, state, "91")
         state.stand_in = True
         state.acquirer = acquirer
+        self._remember(state, str(message.get(11, "")), acquirer, wire)
         self.s.metrics.stand_in.labels(state.application or "").inc()
         return self._answer(message, state, "00", approval=approval)
 
@@ -495,7 +533,8 @@ def build_from_config(config: Any, *, registry: Any, pool: Any = None, hsm: Any 
 
 
 def register(registry: Any, services: AuthServices) -> Authorizer:
-    """Route 0100/0101 of every session to the authorization dialogue."""
+    """Route 0100/0101 (and the terminal's reversals 0400/0420) to the dialogue."""
     authorizer = Authorizer(services)
     registry.register(AUTH_MTIS, authorizer)
+    registry.register(REVERSAL_MTIS, authorizer.reverse)
     return authorizer

@@ -13,9 +13,11 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 
+from passerelle.codecs.iso8583 import Message, encode
 from passerelle.sim.acquirer import Rules
 from passerelle.sim.terminal import Terminal
 from tests.integration.auth_helpers import (
+    CB2A,
     PAN,
     answer_of,
     auth_request,
@@ -189,3 +191,32 @@ def test_the_whole_stack_runs_on_uvloop(tmp_path: Path) -> None:
     answers = uvloop.run(asyncio.wait_for(scenario(), 60))
     assert [a.get(39) for a in answers] == ["00"] * 20
     assert len({a.get(38) for a in answers}) == 20
+
+
+def test_a_terminal_reversal_reaches_the_acquirer_that_approved(tmp_path: Path,
+                                                                 db_dsn: str) -> None:
+    setup_directory(db_dsn)
+
+    async def scenario() -> None:
+        async with auth_stack(tmp_path, dsn=db_dsn) as stack:
+            original = auth_request(stan=5)
+            values = Message.parse(original, CB2A).to_dict()
+            values[11] = "000006"
+            values[90] = "0100" + "000005" + "0124163700" + "0" * 22
+            for number in (35, 55, 59):
+                values.pop(number, None)
+            reversal = encode(CB2A, "0400", values)
+            unknown = encode(CB2A, "0400", {**values, 11: "000007",
+                                            90: "0100000099" + "0" * 32})
+            approved, reversed_, unmatched = await _ask(stack.port, original, reversal,
+                                                        unknown)
+            assert approved.get(39) == "00"
+            assert (reversed_.mti, reversed_.get(39)) == ("0410", "00")
+            assert (unmatched.mti, unmatched.get(39)) == ("0410", "00")
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                await _until(lambda: conn.execute(
+                    "SELECT count(*) FROM saf WHERE delivered_at IS NOT NULL").fetchone()[0] == 1)
+            ((kind, key),) = stack.sims["acq-a"].arrivals
+            assert kind == "reversal" and key[1:3] == ("TPE00001", "000005")
+
+    run(scenario())
