@@ -165,6 +165,9 @@ def _atomic(path: str) -> Iterator[IO[str]]:
     if not target.parent.is_dir():
         raise click.BadParameter(f"{target.parent} does not exist", param_hint="'--output'")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # an ordinary file, not mkstemp's private 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             yield out
