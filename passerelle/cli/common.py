@@ -239,6 +239,15 @@ TRANSACTION_FILTERS = (
 )
 
 
+_METAVARS = {
+    "date_from": "DATE", "date_to": "DATE", "amount": "EUROS", "amount_min": "EUROS",
+    "amount_max": "EUROS", "currency": "CODE", "remise_number": "N", "file_number": "N",
+    "transaction_count": "N", "transaction_count_min": "N", "transaction_count_max": "N",
+    "remise_id": "ID", "card_number": "PAN", "last4": "NNNN", "expiry": "MM/YY",
+    "siret": "SIRET", "bank_code": "CODE", "response_code": "CODE",
+}
+
+
 def filter_options(spec: Sequence[tuple[str, str, str, tuple[str, ...]]]
                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command with one option per filter field."""
@@ -246,7 +255,9 @@ def filter_options(spec: Sequence[tuple[str, str, str, tuple[str, ...]]]
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         for field, option, help_text, choices in reversed(spec):
             kind: Any = click.Choice(choices, case_sensitive=False) if choices else None
-            func = click.option(option, field, type=kind, help=help_text)(func)
+            metavar = None if choices else _METAVARS.get(field, "TEXT")
+            func = click.option(option, field, type=kind, metavar=metavar,
+                                help=help_text)(func)
         return func
 
     return decorate
