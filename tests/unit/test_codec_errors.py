@@ -114,6 +114,13 @@ def exercise(data: bytes, profile: Profile) -> None:
     assert list(msg.numbers) == list(expected)
     _read_everything(msg, data)
     try:
+        values = msg.to_dict()
+    except CodecError:
+        return
+    # Whatever decodes re-encodes (what `mpctl decode --verify` does), to the same values.
+    again = encode(profile, msg.mti, values)
+    assert Message.parse(again, profile).to_dict() == values
+    try:
         msg.respond(msg.mti)
     except CodecError as exc:
         check_error(exc, data)
