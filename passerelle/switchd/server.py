@@ -139,8 +139,9 @@ class Daemon:
     def sweep_interval(self) -> float:
         """How often deadlines are checked: a fraction of the shortest timer, within reason."""
         s = self.settings
-        shortest = min(s.cbcom.tgr, s.cbcom.tsi, s.cbcom.tnr, s.switchd.handshake_timeout,
-                       s.listeners.iso.idle_timeout)
+        shortest = min(s.cbcom.cn_timeout, s.cbcom.tgr, s.cbcom.tsi,
+                       s.switchd.handshake_timeout, s.listeners.iso.idle_timeout,
+                       s.x25.call_timeout, s.x25.clear_timeout)
         return min(max(shortest / 8, 0.005), 0.5)
 
     async def start(self) -> None:
