@@ -258,6 +258,25 @@ def _int(message: Message, number: int) -> int:
     return int(text)
 
 
+def _optional(fields: dict[int, Any], number: int) -> str | None:
+    value = fields.get(number)
+    return (value.strip() or None) if value is not None else None
+
+
+def _required(fields: dict[int, Any], number: int) -> str:
+    value = _optional(fields, number)
+    if value is None:
+        raise Refused("30", f"field {number} is missing or empty", number)
+    return value
+
+
+def _number(fields: dict[int, Any], number: int) -> int:
+    value = _required(fields, number)
+    if not value.isdigit():
+        raise Refused("30", f"field {number} is not numeric", number)
+    return int(value)
+
+
 def _tags(message: Message, number: int) -> dict[str, str]:
     value = message.get(number)
     return {tag: str(item) for tag, item in value} if value else {}
@@ -474,50 +493,47 @@ class Telecollecte:
         return None
 
     def _read_transaction(self, message: Message, file: _File, number: int) -> RemiseTransaction:
-        processing = _text(message, 3)
-        assert processing is not None
+        fields = message.to_dict()  # one pass over the message: the hot path of a file
+        processing = _required(fields, 3)
         operation = _OPERATIONS.get(processing[:2])
         if operation is None:
             raise Refused("30", f"processing code {processing[:2]} is neither purchase (00) "
                           "nor refund (20)", 3)
-        if 90 in message:
+        if 90 in fields:
             if operation != "purchase":
                 raise Refused("30", "only a purchase can be cancelled (field 90)", 90)
             operation = "cancellation"
-        currency = _int(message, 49)
+        currency = _number(fields, 49)
         if currency != file.currency:
             raise Refused("30", f"currency {currency} differs from the file's {file.currency}",
                           49)
-        code = _text(message, 39)
-        assert code is not None
+        code = _required(fields, 39)
         if len(code) != 2 or not code.isalnum():
             raise Refused("30", "field 39 is not a 2-character response code", 39)
         at = _local_time(message, self.services.now())
         if at is None:
             raise Refused("30", "fields 12/13 (local time and date) are missing", 12)
-        pan = _text(message, 2)
-        assert pan is not None
+        pan = _required(fields, 2)
         if not pan.isdigit() or not 12 <= len(pan) <= 19:
             raise Refused("30", "field 2 is not a 12-19 digit card number", 2)
         digest, version = pan_hmac(self.services.pan_key, pan)
         masked = mask_pan(pan)
-        del pan  # from here on, only the mask and the keyed HMAC exist
-        expiry = _text(message, 14, required=False)
+        del pan, fields[2]  # from here on, only the mask and the keyed HMAC exist
+        expiry = _optional(fields, 14)
         if expiry is not None and not (expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
             raise Refused("30", "field 14 is not an expiry YYMM", 14)
-        aid = next((value.hex().upper() for tag, value in message.get(55) or ()
+        aid = next((value.hex().upper() for tag, value in fields.get(55) or ()
                     if tag == "9F06"), None)
-        tags = _tags(message, 47)
-        stan = _text(message, 11, required=False)
+        tags = dict(fields.get(47) or ())
         return RemiseTransaction(
             seq=number, at=at, operation=operation,  # type: ignore[arg-type]
             result="approved" if code == "00" else "declined",
-            amount=_int(message, 4), currency=currency, pan_masked=masked, pan_hmac=digest,
-            pan_hmac_key_version=version, expiry=expiry, response_code=code.upper(),
-            authorization_number=_text(message, 38, required=False),
+            amount=_number(fields, 4), currency=currency, pan_masked=masked,
+            pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
+            response_code=code.upper(), authorization_number=_optional(fields, 38),
             issuer=tags.get("IS", "").strip()[:64] or None,
             product=tags.get("PR", "").strip()[:64] or None,
-            rrn=_text(message, 37, required=False), stan=stan, aid=aid,
+            rrn=_optional(fields, 37), stan=_optional(fields, 11), aid=aid,
         )
 
     # -- 0506 end of file --------------------------------------------------------------------
