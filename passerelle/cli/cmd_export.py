@@ -87,8 +87,10 @@ def _currency(code: int) -> str:
 
 
 def _when(at: Any) -> tuple[str, str]:
-    local = at.astimezone(PARIS)
-    return local.strftime("%d/%m/%Y"), local.strftime("%H:%M:%S")
+    """dd/mm/yyyy and hh:mm:ss in Europe/Paris (f-strings: strftime is the slow part)."""
+    t = at.astimezone(PARIS)
+    return (f"{t.day:02d}/{t.month:02d}/{t.year:04d}",
+            f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
 
 
 REMISE_HEADER = (
