@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib.util
 import random
+import socket
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,15 @@ def _settings(state_dir: Path, pki: Any, metrics_port: int) -> dict[str, Any]:
         "logging": {"level": "info"},
         "storage": {"state_dir": str(state_dir)},
     }
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _siret(rng: random.Random) -> str:
@@ -111,6 +121,9 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
     from passerelle.switchd.gateway import Gateway, TelecollecteSettings  # noqa: PLC0415
 
     pki = make_pki(state_dir / "pki")
+    if metrics_port and not _port_free(metrics_port):
+        click.echo(f"port {metrics_port} is taken (a switchd running?): metrics on a free port")
+        metrics_port = 0
     gateway = Gateway(parse_config(_settings(state_dir, pki, metrics_port)),
                       TelecollecteSettings(replay_interval=1.0))
     click.echo(f"starting switchd and the embedded PostgreSQL in {state_dir}/pgdata ...")
