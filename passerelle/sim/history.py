@@ -308,6 +308,7 @@ def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, lis
     remise_numbers: dict[tuple[str, str], int] = {}
     stans: dict[str, int] = {}
     low, high = spec.transactions_per_day
+    by_merchant = {m: fleet.contracts_of(m) for m in range(len(fleet.merchants))}
     for day in range(spec.days):
         today = first + timedelta(days=day)
         day_info = _Day(datetime.combine(today, time(8), PARIS).astimezone(UTC),
@@ -324,7 +325,7 @@ def generate_remises(spec: HistorySpec, fleet: Fleet) -> Iterator[tuple[int, lis
             file_number = day + 1
             collected = datetime.combine(today, time(21, 30), PARIS) + timedelta(
                 minutes=t_index % 90)
-            for contract in fleet.contracts_of(merchant):
+            for contract in by_merchant[merchant]:
                 app = contract.application
                 slot = (terminal.serial, app)
                 remise_numbers[slot] = remise_numbers.get(slot, 0) + 1
