@@ -176,14 +176,24 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
         sent = sum(len(r.batch.transactions) for r in acknowledged)
         click.echo(f"\n{len(acknowledged)} remises ({sent} transactions) acknowledged in "
                    f"{elapsed:.1f} s; {len(failed)} not acknowledged")
+        registry = daemon.metrics.registry
+        counts = {outcome: int(registry.get_sample_value(
+            "telecollecte_remises_total", {"outcome": outcome}) or 0)
+            for outcome in ("stored", "already_stored", "spooled")}
+        click.echo(f"switchd: {counts['stored']} stored now, {counts['already_stored']} "
+                   f"already there (repeats: acknowledged again, stored once), "
+                   f"{counts['spooled']} spooled")
         for result in failed:
             click.echo(f"  {result.batch.terminal} {result.batch.application} remise "
                        f"{result.batch.remise_number}: {result.refused_by} {result.code}")
         await storage.replay_now()
         rows = await asyncio.to_thread(_summary, storage.dsn, started - timedelta(seconds=1))
         click.echo("\nstored in PostgreSQL by this run:")
-        click.echo(f"  {'application':<12}{'remises':>8}{'transactions':>14}"
-                   f"{'net EUR':>14}{'with ECART':>12}")
+        if rows:
+            click.echo(f"  {'application':<12}{'remises':>8}{'transactions':>14}"
+                       f"{'net EUR':>14}{'with ECART':>12}")
+        else:
+            click.echo("  nothing new: today's remises were stored by an earlier run")
         for app, count, txs, net, wrong in rows:
             click.echo(f"  {app:<12}{count:>8}{txs or 0:>14}{(net or 0) / 100:>14.2f}"
                        f"{wrong:>12}")
