@@ -279,6 +279,12 @@ async def _paced(port: int, rate: float, seconds: float) -> list[float]:
     return latencies
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -303,12 +309,16 @@ def main() -> int:
         processes = [sim93, simcb, switchd, relay]
 
         async def measure() -> dict[str, Any]:
+            before = _cpu(relay.pid)
             relay_rate = await _throughput(relay_port, seconds)
+            relay_cpu = (_cpu(relay.pid) - before) / (relay_rate * seconds)
+            before = _cpu(switchd.pid)
             switchd_rate = await _throughput(switchd_port, seconds)
+            switchd_cpu = (_cpu(switchd.pid) - before) / (switchd_rate * seconds)
             direct = await _paced(portcb, 1000, seconds)
             through = await _paced(switchd_port, 1000, seconds)
             return {"relay": relay_rate, "switchd": switchd_rate, "direct": direct,
-                    "through": through}
+                    "through": through, "relay_cpu": relay_cpu, "switchd_cpu": switchd_cpu}
 
         raw = uvloop.run(measure())
     finally:
@@ -320,6 +330,10 @@ def main() -> int:
         "relay_auth_per_s": round(raw["relay"]),
         "switchd_auth_per_s": round(raw["switchd"]),
         "ratio_to_relay": round(raw["switchd"] / raw["relay"], 3),
+        # CPU time of the process under test per authorization: what the machine's other
+        # load does not change (the throughput figures above depend on it).
+        "relay_cpu_us_per_auth": round(raw["relay_cpu"] * 1e6, 1),
+        "switchd_cpu_us_per_auth": round(raw["switchd_cpu"] * 1e6, 1),
         "paced_rate": 1000,
         "paced_requests": len(raw["through"]),
         "direct_p50_ms": round(_pct(raw["direct"], 0.5) * ms, 3),
