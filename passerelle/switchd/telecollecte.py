@@ -60,8 +60,9 @@ terminal and contract are checked at sign-on and header when PostgreSQL answers 
 answer is remembered for a minute: one query per terminal, not per file); while it is away
 they are checked when the spool is replayed (refused remises go to rejected.log).
 
-Repeats (0805, 0307, 0247, 0507, 0845) are handled as their originals; a 0247 whose message
-number was already received is ignored. A refusal in the middle of a file drops the file:
+Repeats (0805, 0307, 0247, 0507, 0845) are handled as their originals, except that a
+repeated sign-on or file header whose answer was lost is answered again, and a 0247 whose
+message number was already received is ignored. A refusal in the middle of a file drops the file:
 the terminal starts it again from its 0306. While a file is open the session is `busy`, so
 that a SIGTERM drain waits for its 0516. Bounds: `max_messages` 0246 per file (one file in
 memory per session), `max_window`, 64 files per session, CBCOM's TGR/TSI for time.
@@ -123,6 +124,11 @@ _WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
 _OPERATIONS = {"00": "purchase", "20": "refund"}
 _MAX_FILES_PER_SESSION = 64
 _LOOKUP_TIMEOUT = 2.0
+_STORED_STATUS = """
+SELECT r.status FROM remise_keys k JOIN remises r ON r.id = k.id
+ WHERE k.terminal_serial = %s AND k.contract_number = %s AND k.application = %s
+   AND k.remise_number = %s
+"""
 _KNOWN_FOR = 60.0
 _MAX_KNOWN = 100_000
 _LOOKUP = """
@@ -203,6 +209,21 @@ class TelecollecteServices:
                 self._known.clear()
             self._known[key] = now + _KNOWN_FOR
         return found
+
+
+    async def stored_status(self, remise: Remise, log: Any) -> str | None:
+        """The status of the remise stored under `remise`'s key; None if it cannot be read."""
+        if self.pool is None:
+            return None
+        try:
+            async with asyncio.timeout(_LOOKUP_TIMEOUT):
+                async with self.pool.connection(timeout=_LOOKUP_TIMEOUT) as conn:
+                    cur = await conn.execute(_STORED_STATUS, remise.key)
+                    row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            log.warning("telecollecte.lookup_unavailable", error=str(exc).strip()[:200])
+            return None
+        return None if row is None else str(row[0])
 
 
 class Phase(enum.Enum):
@@ -304,6 +325,13 @@ def _local_time(message: Message, now: datetime) -> datetime | None:
     except ValueError:
         pass  # 29 February of the wrong year, 25h61: refused below
     raise Refused("30", "fields 12/13 are not a valid local time and date", 13)
+
+
+def _window_ack(message: Message, number: int) -> bytes:
+    """0256 for the window ending at `number`: identifiers only, never the 0246's card."""
+    return encode(message.profile, "0256", {
+        11: message.get(11), 39: "00", 41: message.get(41), 42: message.get(42),
+        71: f"{number:04d}"})
 
 
 def totals_fields(totals: RemiseTotals) -> dict[int, str]:
@@ -411,11 +439,13 @@ class Telecollecte:
                        function: str) -> Answer:
         if function != SIGN_ON:
             raise Refused("12", f"0804 function code {function} is not sign-on (862)", 24)
-        if dialogue.phase is not Phase.CONNECTED:
-            raise Refused("12", f"sign-on in phase {dialogue.phase.value}")
         terminal = _text(message, 41)
         contract = _text(message, 42, required=False) or ""
         assert terminal is not None
+        if dialogue.phase is Phase.SIGNED_ON and terminal == dialogue.terminal:
+            return message.respond("0814", {39: "00"})  # our 0814 was lost: say it again
+        if dialogue.phase is not Phase.CONNECTED:
+            raise Refused("12", f"sign-on in phase {dialogue.phase.value}")
         known = await self.services.known(terminal, None, None, context.log)
         if known is not None and not known[0]:
             raise Refused("58", f"unknown terminal {terminal!r}", 41)
@@ -428,6 +458,12 @@ class Telecollecte:
     # -- 0306 header -------------------------------------------------------------------------
     async def _header(self, message: Message, context: SessionContext,
                       dialogue: _Dialogue) -> Answer:
+        file = dialogue.file
+        if (message.mti == "0307" and file is not None and not file.transactions
+                and _tag_int(_tags(message, 47), "RN", 0, 999_999) == file.remise_number):
+            return message.respond("0316", {39: "00", 47: (  # our 0316 was lost
+                ("RN", f"{file.remise_number:06d}"), ("FN", f"{file.file_number:06d}"),
+                ("FW", str(file.window)))})
         if dialogue.phase is Phase.RECEIVING:
             raise Refused("12", "0306 while a file is open: the previous file is dropped")
         if dialogue.phase is not Phase.SIGNED_ON:
@@ -478,6 +514,8 @@ class Telecollecte:
         number = _int(message, 71)
         received = len(file.transactions)
         if message.mti == "0247" and number <= received:
+            if number == file.last_acknowledged:  # our 0256 was lost: say it again
+                return _window_ack(message, number)
             return None  # a repeat of a message we have: already counted
         if number != received + 1:
             raise Refused("12", f"message number {number} out of order, expected "
@@ -487,9 +525,7 @@ class Telecollecte:
         file.transactions.append(self._read_transaction(message, file, number))
         if number == file.count or number - file.last_acknowledged >= file.window:
             file.last_acknowledged = number
-            return encode(message.profile, "0256", {
-                11: message.get(11), 39: "00", 41: message.get(41), 42: message.get(42),
-                71: f"{number:04d}"})
+            return _window_ack(message, number)
         return None
 
     def _read_transaction(self, message: Message, file: _File, number: int) -> RemiseTransaction:
@@ -582,6 +618,13 @@ class Telecollecte:
         dialogue.phase = Phase.SIGNED_ON
         dialogue.files_done += 1
         context.busy = False
+        if outcome == "already_stored":  # answer for what is stored, not for this copy
+            stored = await services.stored_status(remise, context.log)
+            if stored is not None and stored != status:
+                context.log.warning("telecollecte.repeat_differs", terminal=dialogue.terminal,
+                                    remise=file.remise_number, stored_status=stored,
+                                    repeat_status=status)
+                status = stored
         code = "00" if status == STATUS_CORRECT else "95"
         services.metrics.remises.labels(outcome).inc()
         services.metrics.transactions.labels(outcome).inc(len(file.transactions))

@@ -44,10 +44,9 @@ def _counts(dsn: str) -> tuple[int, int, int]:
 
 
 def _batch(seed: int = 1, terminal: str = "TPE0000", contract: str = "1234567",
-           transactions: int = 6) -> Batch:
-    batch = generate_batches(random.Random(seed), terminal, contract, "CBEMV", days=1,
-                             per_day=(transactions, transactions))[0]
-    return batch
+           transactions: int = 6, remise: int = 1) -> Batch:
+    return generate_batches(random.Random(seed), terminal, contract, "CBEMV", days=1,
+                            per_day=(transactions, transactions), first_remise=remise)[0]
 
 
 def _run(db_dsn: str, tmp_path: Path,
@@ -61,7 +60,7 @@ def _run(db_dsn: str, tmp_path: Path,
             # The daemon is still serving: a correct télécollecte goes through afterwards.
             good = await telecollecte(
                 lambda: dial("cbcom", "127.0.0.1", port(gateway, "cbcom")),
-                [_batch(seed=99)])
+                [_batch(seed=99, remise=500)])
             assert good[0].code == "00"
             return result
 
@@ -83,12 +82,16 @@ def test_totals_that_disagree_are_stored_with_the_difference_named(
     batch = _batch()
 
     async def body(gateway: Gateway) -> Any:
-        return await telecollecte(lambda: _session(gateway), [batch],
-                                  faults=Faults(wrong_totals=True))
+        first = await telecollecte(lambda: _session(gateway), [batch],
+                                   faults=Faults(wrong_totals=True))
+        # The same remise again, its totals now right: answered for what is stored.
+        again = await telecollecte(lambda: _session(gateway), [batch])
+        return first + again
 
     results, logs = _run(db_dsn, tmp_path, body)
 
-    assert results[0].code == "95"  # reconcile error: stored, but the totals differ
+    assert [r.code for r in results] == ["95", "95"]  # reconcile error: stored, differs
+    assert [e["event"] for e in logs if e.get("event") == "telecollecte.repeat_differs"]
     with psycopg.connect(db_dsn) as conn:
         status, count = conn.execute(
             "SELECT status, transaction_count FROM remises WHERE remise_number = %s",
@@ -187,3 +190,42 @@ def test_a_malformed_transaction_gets_a_format_error_naming_the_field(
     assert (mti, code, field44) == ("0256", "30", (("AA", "00300"),))
     assert any(e["field"] == 3 for e in _refusals(logs))
     assert _counts(db_dsn) == (1, 1, 6)
+
+
+def _repeat(message: bytes) -> bytes:
+    """The same message with the repeat MTI (xxx6 -> xxx7, 0804 -> 0805)."""
+    mti = message[:2].hex()
+    return bytes.fromhex(mti[:3] + str(int(mti[3]) + 1)) + message[2:]
+
+
+def test_repeats_after_lost_answers_are_answered_again_and_counted_once(
+        db_dsn: str, tmp_path: Path) -> None:
+    batch = _batch(transactions=5)
+
+    async def body(gateway: Gateway) -> list[tuple[str, str | None]]:
+        answers = []
+        async with await _session(gateway) as tpe:
+            sign_on = sign_on_message(batch.terminal, batch.contract)
+            answers.append(answer_code(await tpe.exchange(sign_on))[:2])
+            answers.append(answer_code(await tpe.exchange(_repeat(sign_on)))[:2])
+            header = header_message(batch, 4)
+            answers.append(answer_code(await tpe.exchange(header))[:2])
+            answers.append(answer_code(await tpe.exchange(_repeat(header)))[:2])
+            messages = [transaction_message(batch, n, tx)
+                        for n, tx in enumerate(batch.transactions, 1)]
+            for message in messages[:4]:
+                tpe.send(message)
+            answers.append(answer_code(await tpe.receive())[:2])
+            answers.append(answer_code(await tpe.exchange(_repeat(messages[3])))[:2])
+            answers.append(answer_code(await tpe.exchange(messages[4]))[:2])
+            answers.append(answer_code(await tpe.exchange(end_message(batch)))[:2])
+        return answers
+
+    answers, _logs = _run(db_dsn, tmp_path, body)
+
+    assert answers == [("0814", "00"), ("0814", "00"), ("0316", "00"), ("0316", "00"),
+                       ("0256", "00"), ("0256", "00"), ("0256", "00"), ("0516", "00")]
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute("SELECT transaction_count, status FROM remises"
+                           " WHERE remise_number = %s", (batch.remise_number,)).fetchone()
+    assert row == (5, "REMISE CORRECTE")
