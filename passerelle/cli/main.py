@@ -46,8 +46,15 @@ def cli() -> None:
 
     \b
     Examples:
+      mpctl demo                      switchd + simulated terminals on an embedded database
+      mpctl remises --from 2026-11-01 --to 2026-11-21 --contract 1234567
+      mpctl ticket payment 42         reprint a payment ticket as the terminal printed it
       mpctl decode 0100703c...        decode a captured CB2A message
-      mpctl decode --help             every option of one command
+      mpctl COMMAND --help            every option of one command
+
+    \b
+    Shell completion (bash; zsh_source and fish_source work the same way):
+      eval "$(_MPCTL_COMPLETE=bash_source mpctl)"
     """
 
 
