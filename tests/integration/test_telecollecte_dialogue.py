@@ -134,3 +134,23 @@ def test_a_stop_waits_for_the_file_in_flight_then_ends_the_session(
 
     assert (code, aborted) == ("00", True)  # 0516, then AB: switchd stopping
     assert _remises(db_dsn)[0][2] == batch.remise_number
+
+
+def test_a_terminal_that_hangs_up_mid_file_sends_it_again_and_it_is_stored_once(
+        db_dsn: str, tmp_path: Path) -> None:
+    setup_fleet(db_dsn, terminals=1)
+    pki = pki_in(tmp_path)
+    batches = generate_batches(random.Random(4), "TPE0000", "1234567", "CBEMV", days=1,
+                               per_day=(20, 20))
+
+    async def scenario() -> list[object]:
+        async with running_gateway(db_dsn, tmp_path / "state", pki) as gateway:
+            return await telecollecte(
+                lambda: dial("xot", "127.0.0.1", port(gateway, "xot")), batches, window=4,
+                faults=Faults(disconnect_after=9))
+
+    results = asyncio.run(scenario())
+
+    assert [(r.code, r.attempts) for r in results] == [("00", 2)]  # type: ignore[attr-defined]
+    assert [(r[2], r[5]) for r in _remises(db_dsn)] == [(batches[0].remise_number, 20)]
+    assert_stored_as_sent(db_dsn, batches)
