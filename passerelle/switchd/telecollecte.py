@@ -385,23 +385,29 @@ class Telecollecte:
                 return self._guarded(self._end(message, context, dialogue),
                                      message, context, dialogue)
             return self._turn(message, context, dialogue)
-        except Refused as refusal:
-            return self._refuse(message, context, dialogue, refusal)
-        except CodecError as error:
-            return self._refuse(message, context, dialogue,
-                                Refused("30", f"field {error.field}: {error.reason}",
-                                        error.field))
+        except Exception as error:  # every failure gets its answer
+            return self._failed(message, context, dialogue, error)
 
     async def _guarded(self, answer: Awaitable[Answer], message: Message,
                        context: SessionContext, dialogue: _Dialogue) -> Answer:
         try:
             return await answer
-        except Refused as refusal:
-            return self._refuse(message, context, dialogue, refusal)
-        except CodecError as error:
-            return self._refuse(message, context, dialogue,
-                                Refused("30", f"field {error.field}: {error.reason}",
-                                        error.field))
+        except Exception as error:  # every failure gets its answer
+            return self._failed(message, context, dialogue, error)
+
+    def _failed(self, message: Message, context: SessionContext, dialogue: _Dialogue,
+                error: Exception) -> Answer:
+        """A refusal, a field the codec could not read, or our own bug: answer anyway, so
+        that the terminal is not left waiting and the file is dropped, never half-kept."""
+        if isinstance(error, Refused):
+            return self._refuse(message, context, dialogue, error)
+        if isinstance(error, CodecError):
+            return self._refuse(message, context, dialogue, Refused(
+                "30", f"field {error.field}: {error.reason}", error.field))
+        context.log.error("telecollecte.internal_error", mti=message.mti,
+                          exc_info=error)
+        return self._refuse(message, context, dialogue, Refused(
+            "96", f"internal error: {type(error).__name__}"))
 
     # -- refusals ----------------------------------------------------------------------------
     def _refuse(self, message: Message, context: SessionContext, dialogue: _Dialogue,
