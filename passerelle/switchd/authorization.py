@@ -21,6 +21,11 @@ Failover: the route's acquirers are tried in order while at least `min_attempt` 
 remain; a link that is down is skipped at once. An attempt that times out, or whose link
 died after sending, may have been approved: a reversal is queued for it (SAF), so a late
 approval never stands. Stand-in approvals queue an advice to the route's first acquirer.
+
+A terminal's own reversal (0400/0420, the original named by field 90 or else by its STAN)
+goes to the SAF for the acquirer that approved it; recent approvals are remembered in this
+node's memory only, so a reversal reaching another node than its 0100 is answered but not
+sent on (`auth.terminal_reversal matched=false` in the log).
 """
 
 from __future__ import annotations
