@@ -24,7 +24,7 @@ from typing import Any
 from passerelle.codecs.errors import CodecError
 from passerelle.codecs.fields import FieldSpec, Parse
 from passerelle.codecs.layout import Layout, Recipe, read_units
-from passerelle.codecs.masking import Mask, apply_mask
+from passerelle.codecs.masking import apply_mask
 from passerelle.codecs.profile import MAX_CACHED_LAYOUTS, Profile
 from passerelle.codecs.subfields import SUBFIELD_CODECS
 
@@ -69,9 +69,11 @@ class Message:
         if key and (key[0] >= 0x38 if profile.bitmap_hex else key[0] & 0x80):
             key = data[header : header + 2 * bitmap_size]
         layout = profile.layouts.get(key)
-        if layout is None and len(key) in (8, 16, 32) and mti.isdigit() and len(mti) == 4:
+        if layout is None and len(key) in (8, 16, 32) and mti.isascii() and mti.isdigit() \
+                and len(mti) == 4:
             layout = _compile(profile, key, header)
-        anchors = layout.walk(data) if layout is not None and mti.isdigit() else None
+        valid_mti = mti.isascii() and mti.isdigit()
+        anchors = layout.walk(data) if layout is not None and valid_mti else None
         if anchors is None:
             _parse_slowly(data, profile)  # raises the precise CodecError
             raise CodecError(None, 0, "inconsistent message")  # pragma: no cover
@@ -180,8 +182,6 @@ def show_value(spec: FieldSpec, value: Value) -> str:
         codec = SUBFIELD_CODECS[spec.sub]
         return " ".join(f"{tag}={codec.show(tag, item)}" for tag, item in value)
     text = value.hex().upper() if isinstance(value, bytes) else str(value)
-    if spec.mask is Mask.CLEAR and isinstance(value, bytes):
-        return text
     return apply_mask(spec.mask, text)
 
 

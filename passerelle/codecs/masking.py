@@ -19,6 +19,7 @@ class Mask(StrEnum):
 
 
 _TRACK_SEPARATORS = re.compile(r"[=Dd^]")
+_DIGIT_RUNS = re.compile(r"[0-9]{13,}")
 
 
 def mask_pan(pan: str) -> str:
@@ -37,10 +38,43 @@ def mask_track(track: str) -> str:
     return mask_pan(track[:cut]) + track[cut] + "*" * (len(track) - cut - 1)
 
 
+def _luhn(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index & 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _has_card_number(run: str) -> bool:
+    """Does a digit run hold a 13-19 digit Luhn-valid window that could be a PAN?"""
+    for size in range(13, min(19, len(run)) + 1):
+        for start in range(len(run) - size + 1):
+            window = run[start : start + size]
+            if window[0] != "0" and _luhn(window):
+                return True
+    return False
+
+
+def redact_card_numbers(text: str) -> str:
+    """Star the middle of any digit run that could hide a PAN.
+
+    The safety net under the per-field policy: a value shown "clear" (an unknown EMV tag, a
+    corrupted tag, a layout with no sub-element codec) may still carry a card number.
+    """
+    if len(text) < 13:
+        return text
+    return _DIGIT_RUNS.sub(
+        lambda m: mask_pan(m.group()) if _has_card_number(m.group()) else m.group(), text
+    )
+
+
 def apply_mask(policy: Mask, text: str) -> str:
     """Render `text` (already a string) under `policy`."""
     if policy is Mask.CLEAR:
-        return text
+        return redact_card_numbers(text)
     if policy is Mask.PAN:
         return mask_pan(text)
     if policy is Mask.TRACK:

@@ -78,7 +78,7 @@ class AsciiTLV:
         return b"".join(parts)
 
     def show(self, tag: str, value: str | bytes) -> str:
-        return str(value)
+        return apply_mask(Mask.CLEAR, str(value))
 
 
 class CBTLV:

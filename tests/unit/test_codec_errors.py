@@ -24,12 +24,7 @@ from tests.strategies import FUZZ, messages, mixed_profiles
 
 CB2A = get_profile("cb2a")
 ISO87 = get_profile("iso87-ascii")
-# The fuzz runs mixed-text with an ASCII MTI while the cp500-MTI bug is open (see the xfail
-# test_mti_must_be_ascii_digits_in_any_encoding); put cp500 back when that test passes.
-ALL_PROFILES: dict[str, Profile] = {
-    **PROFILES,
-    **{name: dataclasses.replace(p, mti_encoding="ascii") for name, p in mixed_profiles().items()},
-}
+ALL_PROFILES: dict[str, Profile] = {**PROFILES, **mixed_profiles()}
 
 
 
@@ -351,9 +346,6 @@ def test_bad_mti(profile_name: str, wire: bytes) -> None:
     assert (caught.value.field, caught.value.offset) == (None, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="codec bug: Message.parse's fast path checks a text MTI "
-                   "with str.isdigit(), so cp500 bytes DA/EA/FA ('¹²³') pass as digits; the "
-                   "message parses and only respond/encode refuse the MTI later")
 def test_mti_must_be_ascii_digits_in_any_encoding() -> None:
     """A text MTI is 4 ASCII digits: cp500 bytes DA/EA/FA read as superscript digits."""
     ebcdic_mti = dataclasses.replace(ISO87, name="iso87-cp500-mti", mti_encoding="cp500")

@@ -103,17 +103,11 @@ def test_flipped_vectors_show_no_card_data(name: str) -> None:
         assert_clean(text, SECRETS[name])
 
 
-@pytest.mark.xfail(strict=True, reason="codec masking gap: CB TLV/BER-TLV values are masked "
-                   "by an allow-list of sensitive tags (57, 5A, ...); one flipped bit in tag "
-                   "0057 (offset 198/199 of 0100-emv, e.g. 0057 -> 5A57 or 8057) shows the "
-                   "whole track 2 equivalent in clear")
 def test_flipped_emv_vector_shows_no_card_data() -> None:
     for text in _display_after_flips("0100-emv"):
         assert_clean(text, SECRETS["0100-emv"])
 
 
-@pytest.mark.xfail(strict=True, reason="codec masking gap: unknown EMV tags are shown in clear "
-                   "even when their value is card data (tag 0057 corrupted to 5A57)")
 def test_track2_under_a_corrupted_tag_is_masked() -> None:
     data = bytearray(load("0100-emv"))
     at = data.index(bytes.fromhex("005713"))
@@ -166,7 +160,6 @@ def test_generated_card_data_is_masked(name: str, data: st.DataObject) -> None:
 def test_errors_about_card_data_show_none(name: str, data: st.DataObject) -> None:
     """Mutated messages carrying card data: no CodecError text (parse or get) shows it.
 
-    (Their display may, when the mutation hits an EMV tag: see the xfail tests above.)
     """
     profile = get_profile(name)
     values, secrets = data.draw(card_messages(profile))
@@ -203,9 +196,6 @@ def test_secret_fields_show_only_their_length() -> None:
     assert "8" in msg.shown(52) or "16" in msg.shown(52)
 
 
-@pytest.mark.xfail(strict=True, reason="codec masking gap: iso87-ascii field 55 has no "
-                   "sub-element codec and a clear mask, so repr/shown print its hex, where the "
-                   "EMV tags 57/5A carry the PAN and track 2 digits verbatim")
 @given(data=st.data())
 @ROUND_TRIP
 def test_iso87_ascii_field_55_card_data_is_masked(data: st.DataObject) -> None:
