@@ -7,8 +7,9 @@ committed. The rate is transactions acknowledged per second, from the first conn
 the last 0516. It is compared, in the same run and on the same table, with:
 
 * raw COPY: the very same rows, already built, one COPY per worker, nothing else;
-* row-by-row INSERT: the same rows, one INSERT each, one transaction per remise
-  (both from `benchmarks/ingest.py`, so the two benchmarks share one baseline).
+* row-by-row INSERT: the same rows, one INSERT each, one transaction per remise;
+* the remise writer alone (no terminals, no dialogue), to show what the path adds
+  (all three from `benchmarks/ingest.py`, so the two benchmarks share one baseline).
 
 The terminals' messages are encoded before the clock starts: a real terminal encodes on its
 own CPU, not on the gateway's.
@@ -35,6 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
@@ -61,8 +63,8 @@ from passerelle.storage.migrate import migrate  # noqa: E402
 from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac  # noqa: E402
 from passerelle.storage.remises import (  # noqa: E402
     Remise,
-    RemiseTotals,
     RemiseTransaction,
+    compute_totals,
 )
 from tests.integration.storage_helpers import setup_fleet  # noqa: E402
 from tests.integration.telecollecte_helpers import (  # noqa: E402
@@ -106,9 +108,10 @@ async def _terminal(port: int, script: Script) -> int:
     return acknowledged
 
 
-async def _telecollecte(port: int, scripts: list[Script]) -> tuple[float, int]:
+async def _telecollecte(ports: list[int], scripts: list[Script]) -> tuple[float, int]:
     start = time.perf_counter()
-    counts = await asyncio.gather(*(_terminal(port, s) for s in scripts))
+    counts = await asyncio.gather(*(_terminal(ports[n % len(ports)], s)
+                                    for n, s in enumerate(scripts)))
     return time.perf_counter() - start, sum(counts)
 
 
@@ -129,7 +132,7 @@ def _remises(fleet: list[list[Batch]]) -> list[Remise]:
                 aid=tx.aid) for n, tx in enumerate(batch.transactions, 1)]
             out.append(Remise(batch.terminal, batch.contract, batch.application,
                               batch.remise_number, batch.file_number, batch.currency, now,
-                              RemiseTotals(), txs))
+                              compute_totals(txs), txs))
     return out
 
 
@@ -146,26 +149,39 @@ def _fleet(terminals: int, files: int, per_file: int, round_: int) -> list[list[
     return fleet
 
 
-def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
-         rounds: int, workers: int) -> dict[str, object]:
+def _node_settings(dsn: str, workdir: Path, workers: int) -> dict[str, Any]:
     settings = settings_dict(dsn, workdir / "state", make_pki(workdir / "pki"),
                              max_window=WINDOW)
-    settings["listeners"]["xot"]["enabled"] = False  # type: ignore[index]
-    settings["listeners"]["cbcom-tls"]["enabled"] = False  # type: ignore[index]
-    settings["storage"]["pool_max_size"] = workers  # type: ignore[index]
+    settings["listeners"]["xot"]["enabled"] = False
+    settings["listeners"]["cbcom-tls"]["enabled"] = False
+    settings["storage"]["pool_max_size"] = workers
     settings["logging"] = {"level": "info"}
-    rates: dict[str, list[float]] = {"telecollecte": [], "copy": [], "insert": []}
+    return settings
+
+
+def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
+         rounds: int, workers: int, nodes: int) -> dict[str, object]:
+    # Each node its own state directory (spool); together as many connections as baselines.
+    node_dirs = [workdir / f"node{n}" for n in range(nodes)]
+    for node_dir in node_dirs:
+        node_dir.mkdir()
+    settings = [_node_settings(dsn, d, max(1, workers // nodes)) for d in node_dirs]
+    rates: dict[str, list[float]] = {"telecollecte": [], "writer": [], "copy": [],
+                                     "insert": []}
     for round_ in range(rounds):
         fleet = _fleet(terminals, files, per_file, round_)
         total = sum(len(b.transactions) for batches in fleet for b in batches)
         scripts = _scripts(fleet)
         asyncio.run(ingest._truncate(dsn))
-        gateway = GatewayProcess(settings, workdir).start()
+        gateways: list[GatewayProcess] = []
         try:
-            elapsed, acknowledged = asyncio.run(_telecollecte(gateway.addresses["cbcom"],
-                                                              scripts))
+            for node_settings, node_dir in zip(settings, node_dirs, strict=True):
+                gateways.append(GatewayProcess(node_settings, node_dir).start())
+            elapsed, acknowledged = asyncio.run(_telecollecte(
+                [g.addresses["cbcom"] for g in gateways], scripts))
         finally:
-            gateway.stop()
+            for gateway in gateways:
+                gateway.stop()
         if acknowledged != total:
             raise SystemExit(f"only {acknowledged} of {total} transactions acknowledged")
         with psycopg.connect(dsn) as conn:
@@ -173,7 +189,10 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         if stored != (total,):
             raise SystemExit(f"{stored} transactions stored, {total} expected")
         rates["telecollecte"].append(total / elapsed)
-        rows = ingest._rows(_remises(fleet))
+        remises = _remises(fleet)
+        rows = ingest._rows(remises)
+        asyncio.run(ingest._truncate(dsn))
+        rates["writer"].append(total / asyncio.run(ingest._writer(dsn, remises, workers)))
         asyncio.run(ingest._truncate(dsn))
         rates["copy"].append(total / asyncio.run(ingest._raw_copy(dsn, rows, workers)))
         asyncio.run(ingest._truncate(dsn))
@@ -186,6 +205,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
     return {
         "path": "terminals -> CBCOM/TCP -> switchd (child process) -> dialogue -> "
                 "RemiseSink -> RemiseWriter (COPY, one transaction per remise)",
+        "switchd_nodes": nodes,
         "terminals": terminals,
         "files_per_terminal": files,
         "transactions_per_file": f"{per_file // 2}..{per_file * 3 // 2}",
@@ -194,10 +214,15 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         "rounds": rounds,
         "baseline_workers": workers,
         "telecollecte_rows_per_s": round(statistics.median(rates["telecollecte"])),
+        "writer_alone_rows_per_s": round(statistics.median(rates["writer"])),
         "raw_copy_rows_per_s": round(statistics.median(rates["copy"])),
         "row_by_row_insert_rows_per_s": round(statistics.median(rates["insert"])),
         "ratio_to_raw_copy": round(to_copy, 3),
         "ratio_to_row_by_row_insert": round(to_insert, 2),
+        "ratio_to_writer_alone": round(statistics.median(
+            t / w for t, w in zip(rates["telecollecte"], rates["writer"], strict=True)), 3),
+        "writer_alone_ratio_to_raw_copy": round(statistics.median(
+            w / c for w, c in zip(rates["writer"], rates["copy"], strict=True)), 3),
         "ratio_to_raw_copy_per_round": [round(r, 3) for r in per_round],
         "target_ratio_to_raw_copy": TARGET_RATIO_TO_COPY,
         "meets_target": to_copy >= TARGET_RATIO_TO_COPY,
@@ -214,6 +239,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, help="files (remises) per terminal")
     parser.add_argument("--transactions", type=int, help="transactions per file")
     parser.add_argument("--rounds", type=int, help="rounds of the three methods")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="switchd processes sharing the terminals (scale-out)")
     parser.add_argument("--workers", type=int, default=8,
                         help="pool size of switchd, and COPY/INSERT workers of the baselines")
     args = parser.parse_args()
@@ -233,7 +260,7 @@ def main() -> int:
         migrate(dsn)
         setup_fleet(dsn, terminals=terminals)
         figures = _run(dsn, workdir, terminals=terminals, files=files, per_file=per_file,
-                       rounds=rounds, workers=args.workers)
+                       rounds=rounds, workers=args.workers, nodes=args.nodes)
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
             admin.execute(
