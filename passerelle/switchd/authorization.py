@@ -138,7 +138,7 @@ class AuthServices:
     authlog: AuthLogWriter | None = None
     saf: SafStore | None = None
     pan_key: PanHmacKey | None = None
-    spool: Spool | None = None
+    spool: Spool | None = None  # the auth-log journal, when these services opened it
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -516,25 +516,32 @@ def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any =
     saf = SafStore(pool, sealer) if pool is not None and sealer is not None else None
     return AuthServices(settings=settings, router=router, links=links,
                         directory=Directory(settings, pool), metrics=metrics,
-                        authlog=authlog, saf=saf, pan_key=pan_key, spool=spool)
+                        authlog=authlog, saf=saf, pan_key=pan_key)
 
 
 def build_from_config(config: Any, *, registry: Any, pool: Any = None, hsm: Any = None,
-                      pan_key: PanHmacKey | None = None) -> AuthServices:
-    """The services from switchd's whole `Settings`: its `[routes]` table, the auth-log
-    spool under `switchd.state_dir` (or `routes.authlog.spool_dir`), SAF sealed under the
-    HSM data key `routes.saf.data_key`. `registry` is the daemon's Prometheus registry.
-    RoutingError (bad settings or routes file) names what to fix."""
+                      pan_key: PanHmacKey | None = None,
+                      spool: Spool | None = None) -> AuthServices:
+    """The services from switchd's whole `Settings`: its `[routes]` table, SAF sealed under
+    the HSM data key `routes.saf.data_key`, the auth log journalled in `spool` (pass
+    `storage.runtime.Storage.authlog_spool`), else in a journal of our own under
+    `routes.authlog.spool_dir` or `<switchd.state_dir>/spool-authlog`, closed with the
+    services. `registry` is the daemon's Prometheus registry. RoutingError (bad settings or
+    routes file) names what to fix."""
     settings = routing_settings(config.routes)
-    spool_dir = settings.authlog.spool_dir or str(Path(config.switchd.state_dir) /
-                                                  "spool-authlog")
-    try:
-        spool = Spool(spool_dir).open()
-    except StorageError as error:
-        raise RoutingError(f"routes.authlog.spool_dir: {error}") from None
+    own: Spool | None = None
+    if spool is None:
+        spool_dir = settings.authlog.spool_dir or str(Path(config.switchd.state_dir) /
+                                                      "spool-authlog")
+        try:
+            spool = own = Spool(spool_dir).open()
+        except StorageError as error:
+            raise RoutingError(f"routes.authlog.spool_dir: {error}") from None
     sealer = HsmSealer(hsm, settings.saf.data_key) if hsm is not None else None
-    return build_services(settings, pool=pool, sealer=sealer, pan_key=pan_key,
-                          registry=registry, spool=spool)
+    services = build_services(settings, pool=pool, sealer=sealer, pan_key=pan_key,
+                              registry=registry, spool=spool)
+    services.spool = own
+    return services
 
 
 def register(registry: Any, services: AuthServices) -> Authorizer:
