@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import structlog
 from psycopg import sql
@@ -168,6 +169,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
     settings = [_node_settings(dsn, d, max(1, workers // nodes)) for d in node_dirs]
     rates: dict[str, list[float]] = {"telecollecte": [], "writer": [], "copy": [],
                                      "insert": []}
+    cpu: list[float] = []  # switchd CPU seconds per transaction, whatever else the machine runs
     for round_ in range(rounds):
         fleet = _fleet(terminals, files, per_file, round_)
         total = sum(len(b.transactions) for batches in fleet for b in batches)
@@ -177,8 +179,12 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         try:
             for node_settings, node_dir in zip(settings, node_dirs, strict=True):
                 gateways.append(GatewayProcess(node_settings, node_dir).start())
+            processes = [psutil.Process(g.proc.pid) for g in gateways if g.proc is not None]
+            cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
             elapsed, acknowledged = asyncio.run(_telecollecte(
                 [g.addresses["cbcom"] for g in gateways], scripts))
+            cpu.append((sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before)
+                       / max(acknowledged, 1))
         finally:
             for gateway in gateways:
                 gateway.stop()
@@ -217,6 +223,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         "writer_alone_rows_per_s": round(statistics.median(rates["writer"])),
         "raw_copy_rows_per_s": round(statistics.median(rates["copy"])),
         "row_by_row_insert_rows_per_s": round(statistics.median(rates["insert"])),
+        "switchd_cpu_us_per_transaction": round(statistics.median(cpu) * 1e6, 1),
         "ratio_to_raw_copy": round(to_copy, 3),
         "ratio_to_row_by_row_insert": round(to_insert, 2),
         "ratio_to_writer_alone": round(statistics.median(
