@@ -45,7 +45,7 @@ from passerelle.switchd.telecollecte import (
     register,
 )
 
-__all__ = ["Gateway", "TelecollecteSettings", "load", "main"]
+__all__ = ["Gateway", "TelecollecteSettings", "load", "load_switchd", "main", "serve"]
 
 
 class TelecollecteSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
@@ -60,17 +60,19 @@ class TelecollecteSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     spool_retry_after: float = 2.0  # after a failed store, go straight to the spool this long
 
 
-def load(path: str | Path | None) -> tuple[Settings, TelecollecteSettings]:
-    """Read the TOML file: switchd settings plus our `[telecollecte]` table."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as file:
-                raw = tomllib.load(file)
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+def _read(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+
+
+def _parse(raw: dict[str, Any]) -> tuple[Settings, TelecollecteSettings]:
     table = raw.pop("telecollecte", {})
     try:
         telecollecte = msgspec.convert(table, TelecollecteSettings)
@@ -84,6 +86,20 @@ def load(path: str | Path | None) -> tuple[Settings, TelecollecteSettings]:
     except StorageError as error:
         raise ConfigError(str(error)) from None
     return settings, telecollecte
+
+
+def load(path: str | Path | None) -> tuple[Settings, TelecollecteSettings]:
+    """Read the TOML file: switchd settings plus our `[telecollecte]` table."""
+    return _parse(_read(path))
+
+
+def load_switchd(path: str | Path | None) -> tuple[Settings, TelecollecteSettings | None]:
+    """For `switchd`'s main: storage and the télécollecte only when the file has a
+    `[storage]` or `[telecollecte]` table; without either, the bare daemon as before."""
+    raw = _read(path)
+    wanted = "storage" in raw or "telecollecte" in raw
+    settings, telecollecte = _parse(raw)
+    return settings, telecollecte if wanted else None
 
 
 def _pan_key(settings: TelecollecteSettings, state_dir: Path, log: Any) -> PanHmacKey:
