@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -55,7 +57,7 @@ from passerelle.routing.table import Router
 from passerelle.storage.authlog import AuthLogWriter, AuthRecord
 from passerelle.storage.db import StorageError
 from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac
-from passerelle.storage.saf import HsmSealer, SafItem, SafStore
+from passerelle.storage.saf import AesGcmSealer, HsmSealer, SafItem, SafStore
 from passerelle.storage.spool import Spool
 
 log = structlog.get_logger("passerelle.auth")
@@ -537,11 +539,33 @@ def build_from_config(config: Any, *, registry: Any, pool: Any = None, hsm: Any 
             spool = own = Spool(spool_dir).open()
         except StorageError as error:
             raise RoutingError(f"routes.authlog.spool_dir: {error}") from None
-    sealer = HsmSealer(hsm, settings.saf.data_key) if hsm is not None else None
+    sealer: Any = None
+    if hsm is not None:
+        sealer = HsmSealer(hsm, settings.saf.data_key)
+    elif pool is not None:
+        sealer = AesGcmSealer(_local_saf_key(Path(config.switchd.state_dir)))
     services = build_services(settings, pool=pool, sealer=sealer, pan_key=pan_key,
                               registry=registry, spool=spool)
     services.spool = own
     return services
+
+
+def _local_saf_key(state_dir: Path) -> bytes:
+    """Without an HSM: a SAF data key generated once into `<state_dir>/saf-data.key` (0600).
+    Fine for one node; several nodes sharing a SAF table need the HSM's data key."""
+    path = state_dir / "saf-data.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        log.warning("auth.saf_key_generated", path=str(path))
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise RoutingError(f"{path}: not a hexadecimal key") from None
 
 
 def register(registry: Any, services: AuthServices) -> Authorizer:

@@ -222,3 +222,34 @@ def test_a_writer_that_falls_behind_spools_the_overflow_off_the_loop(db_dsn: str
             assert conn.execute("SELECT count(*) FROM authorizations").fetchone() == (20,)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_services_from_switchd_settings_without_an_hsm(db_dsn: str, tmp_path: Path) -> None:
+    from passerelle.config import parse_config
+    from passerelle.switchd.authorization import build_from_config
+
+    (tmp_path / "routes.toml").write_text('[[route]]\nacquirers = ["a"]\n')
+    config = parse_config({"switchd": {"state_dir": str(tmp_path / "state")}, "routes": {
+        "path": str(tmp_path / "routes.toml"),
+        "acquirers": [{"name": "a", "host": "127.0.0.1", "port": 9}]}})
+
+    async def scenario() -> None:
+        async with open_pool(db_dsn) as pool:
+            first = build_from_config(config, registry=None, pool=pool)
+            assert first.saf is not None and first.authlog is not None
+            await first.saf.enqueue("a", "advice", "k1", b"payload")
+            await first.close()
+            again = build_from_config(config, registry=None, pool=pool)  # after a restart
+            seen: list[bytes] = []
+
+            async def send(item: SafItem) -> None:
+                seen.append(item.payload)
+
+            assert again.saf is not None
+            assert await again.saf.deliver("a", send) == 1 and seen == [b"payload"]
+            await again.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    key = tmp_path / "state" / "saf-data.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state" / "spool-authlog").is_dir()
