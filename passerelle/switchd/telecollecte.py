@@ -430,7 +430,10 @@ class Telecollecte:
         values: dict[int, Any] = {39: refusal.code}
         # Built afresh, never echoed: a 0246 carries the PAN. Only identifiers come back.
         for number in (11, 41, 42, 71, 101):
-            value = message.get(number) if number in message else None
+            try:
+                value = message.get(number)
+            except CodecError:  # the broken field itself: left out of the answer
+                continue
             if value is not None:
                 values[number] = value
         if refusal.code == "30":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from datetime import UTC, datetime
 
 import pytest
 
+from passerelle.codecs.errors import CodecError
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.sim.telecollecte import (
     CB2A,
@@ -15,21 +17,33 @@ from passerelle.sim.telecollecte import (
     SimTransaction,
     end_message,
     generate_batches,
+    header_message,
+    sign_on_message,
     transaction_message,
 )
 from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac
 from passerelle.storage.remises import RemiseTotals
+from passerelle.switchd.dispatch import SessionContext
 from passerelle.switchd.telecollecte import (
+    Phase,
     Refused,
     Telecollecte,
     TelecollecteServices,
     _declared_totals,
+    _Dialogue,
     _File,
     _local_time,
     totals_fields,
 )
 
 KEY = PanHmacKey(version=3, key=b"k" * 32)
+
+
+class Log:
+    """A logger that drops events (the dialogue's answers are what these tests read)."""
+
+    def __getattr__(self, _name: str) -> object:
+        return lambda *_a, **_k: None
 
 
 def _dialogue(now: datetime | None = None) -> Telecollecte:
@@ -124,3 +138,62 @@ def test_a_refund_is_a_credit_and_a_declined_purchase_is_unauthorized() -> None:
     ])
     assert _declared_totals(Message.parse(end_message(batch), CB2A)) == RemiseTotals(
         refunds_count=1, refunds_amount=500, unauthorized_count=1, unauthorized_amount=700)
+
+
+def test_mutated_transactions_always_get_an_answer_and_never_a_card_number() -> None:
+    """Any 0246 that decodes, however wrong, is read or refused with a 0256 naming why."""
+    rng = random.Random(11)
+    batch = _batch(count=40)
+    dialogue = _dialogue()
+    answered = refused = 0
+    for round_ in range(1500):
+        tx = batch.transactions[round_ % len(batch.transactions)]
+        wire = bytearray(transaction_message(batch, 1, tx))
+        for _ in range(rng.randint(1, 4)):
+            wire[rng.randrange(10, len(wire))] = rng.randrange(256)
+        try:
+            message = Message.parse(bytes(wire), CB2A)
+        except CodecError:
+            continue
+        context = SessionContext("cbcom", "test", CB2A, Log())
+        context.state["telecollecte"] = _Dialogue(
+            phase=Phase.RECEIVING, terminal="TPE00001", contract="1234567",
+            file=_File("CONECS", 978, 1, 1, 1, 8))
+        answer = dialogue(message, context)
+        assert isinstance(answer, bytes)  # the last (only) message of its window
+        assert tx.pan.encode() not in answer
+        code = Message.parse(answer, CB2A).get(39)
+        answered += code == "00"
+        refused += code != "00"
+        if code != "00":
+            assert context.state["telecollecte"].file is None  # nothing half-kept
+    assert answered and refused
+
+
+def test_mutated_sign_ons_and_headers_always_get_an_answer() -> None:
+    rng = random.Random(12)
+    batch = _batch(count=3)
+    dialogue = _dialogue()
+    originals = [sign_on_message(batch.terminal, batch.contract), header_message(batch, 8)]
+
+    async def one(message: Message, signed_on: bool) -> object:
+        context = SessionContext("cbcom", "test", CB2A, Log())
+        if signed_on:
+            context.state["telecollecte"] = _Dialogue(
+                phase=Phase.SIGNED_ON, terminal=batch.terminal, contract=batch.contract)
+        answer = dialogue(message, context)
+        return await answer if not isinstance(answer, bytes | None) else answer
+
+    codes = set()
+    for round_ in range(1000):
+        wire = bytearray(originals[round_ % 2])
+        for _ in range(rng.randint(1, 3)):
+            wire[rng.randrange(10, len(wire))] = rng.randrange(256)
+        try:
+            message = Message.parse(bytes(wire), CB2A)
+        except CodecError:
+            continue
+        answer = asyncio.run(one(message, signed_on=round_ % 2 == 1))
+        assert isinstance(answer, bytes)
+        codes.add(Message.parse(answer, CB2A).get(39))
+    assert "00" in codes and codes - {"00"}
