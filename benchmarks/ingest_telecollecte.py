@@ -67,10 +67,10 @@ from passerelle.storage.remises import (  # noqa: E402
     RemiseTransaction,
     compute_totals,
 )
+from passerelle.switchd.process import SwitchdProcess  # noqa: E402
 from tests.integration.storage_helpers import setup_fleet  # noqa: E402
 from tests.integration.telecollecte_helpers import (  # noqa: E402
     PAN_KEY_HEX,
-    GatewayProcess,
     settings_dict,
 )
 
@@ -175,14 +175,14 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         total = sum(len(b.transactions) for batches in fleet for b in batches)
         scripts = _scripts(fleet)
         asyncio.run(ingest._truncate(dsn))
-        gateways: list[GatewayProcess] = []
+        gateways: list[SwitchdProcess] = []
         try:
             for node_settings, node_dir in zip(settings, node_dirs, strict=True):
-                gateways.append(GatewayProcess(node_settings, node_dir).start())
+                gateways.append(SwitchdProcess(node_settings, node_dir, ready_timeout=60).start())
             processes = [psutil.Process(g.proc.pid) for g in gateways if g.proc is not None]
             cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
             elapsed, acknowledged = asyncio.run(_telecollecte(
-                [g.addresses["cbcom"] for g in gateways], scripts))
+                [g.port("cbcom") for g in gateways], scripts))
             cpu.append((sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before)
                        / max(acknowledged, 1))
         finally:
@@ -209,8 +209,8 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
     to_insert = statistics.median(t / i for t, i in zip(rates["telecollecte"], rates["insert"],
                                                           strict=True))
     return {
-        "path": "terminals -> CBCOM/TCP -> switchd (child process) -> dialogue -> "
-                "RemiseSink -> RemiseWriter (COPY, one transaction per remise)",
+        "path": "terminals -> CBCOM/TCP -> switchd (child process, with [storage]) -> "
+                "dialogue -> RemiseSink -> RemiseWriter (COPY, one transaction per remise)",
         "switchd_nodes": nodes,
         "terminals": terminals,
         "files_per_terminal": files,

@@ -1,34 +1,28 @@
 """switchd with storage and the télécollecte dialogue wired in.
 
-    python -m passerelle.switchd.gateway --config switchd.toml
+`switchd --config FILE` runs this when FILE has a `[storage]` or `[telecollecte]` table
+(see `switchd/main.py`); `mpctl demo` and the tests run `Gateway` in-process. It is the same
+daemon (listeners, logs, metrics, signals) plus the storage runtime (`[storage]` DSN, or
+with none an embedded PostgreSQL in the state directory; migrations; pool; spool journal
+under `<state_dir>/spool`, replayed in the background) and the télécollecte dialogue on
+transfer-mode sessions. `[storage] state_dir` defaults to `[switchd] state_dir`.
 
-The same daemon as `switchd` (same listeners, logs, metrics, signals), plus the storage
-runtime (`[storage]` DSN, or with none an embedded PostgreSQL in the state directory;
-migrations; pool; spool journal under `<state_dir>/spool`, replayed in the background) and
-the télécollecte dialogue on transfer-mode sessions. `[storage] state_dir` defaults to
-`[switchd] state_dir`. Kept apart from `main.py` so that the
-storage layer is only imported where it is used; `main.py` can call `serve` when the
-configuration has a `[telecollecte]` table or a `[storage]` one.
-
-`[telecollecte]` is read here (config.py does not know it yet), see `TelecollecteSettings`.
+`[telecollecte]` is read here (config.py does not know it), see `TelecollecteSettings`.
 Without `pan_hmac_key`, a random key is generated once into `<state_dir>/pan-hmac.key`
 (mode 0600): fine for a demo or a single node, not for several nodes that must agree.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import secrets
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import uvloop
 from prometheus_client import Gauge
 
 from passerelle.config import ConfigError, Settings, parse_config
@@ -45,7 +39,7 @@ from passerelle.switchd.telecollecte import (
     register,
 )
 
-__all__ = ["Gateway", "TelecollecteSettings", "load", "load_switchd", "main", "serve"]
+__all__ = ["Gateway", "TelecollecteSettings", "load", "serve"]
 
 
 class TelecollecteSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
@@ -91,15 +85,6 @@ def _parse(raw: dict[str, Any]) -> tuple[Settings, TelecollecteSettings]:
 def load(path: str | Path | None) -> tuple[Settings, TelecollecteSettings]:
     """Read the TOML file: switchd settings plus our `[telecollecte]` table."""
     return _parse(_read(path))
-
-
-def load_switchd(path: str | Path | None) -> tuple[Settings, TelecollecteSettings | None]:
-    """For `switchd`'s main: storage and the télécollecte only when the file has a
-    `[storage]` or `[telecollecte]` table; without either, the bare daemon as before."""
-    raw = _read(path)
-    wanted = "storage" in raw or "telecollecte" in raw
-    settings, telecollecte = _parse(raw)
-    return settings, telecollecte if wanted else None
 
 
 def _pan_key(settings: TelecollecteSettings, state_dir: Path, log: Any) -> PanHmacKey:
@@ -185,25 +170,3 @@ class Gateway:
 
 async def serve(settings: Settings, telecollecte: TelecollecteSettings) -> None:
     await Gateway(settings, telecollecte).run()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="switchd-gateway", description="switchd with storage and the télécollecte.")
-    parser.add_argument("--config", metavar="FILE", help="settings file (TOML)")
-    args = parser.parse_args(argv)
-    try:
-        settings, telecollecte = load(args.config)
-    except ConfigError as error:
-        print(f"switchd: {args.config}: {error}", file=sys.stderr)
-        sys.exit(2)
-    logs.configure(settings.logging.level)
-    try:
-        uvloop.run(serve(settings, telecollecte))
-    except (OSError, StorageError) as error:
-        logs.get_logger().error("switchd.failed", error=str(error))
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

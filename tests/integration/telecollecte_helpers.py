@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +17,6 @@ from passerelle.sim.pki import DemoPki, make_pki
 from passerelle.sim.telecollecte import Batch
 from passerelle.storage.pan import luhn_valid, mask_pan
 from passerelle.switchd.gateway import Gateway, TelecollecteSettings
-from passerelle.switchd.process import to_toml
 
 PAN_KEY_HEX = "6b" * 32
 LISTENERS = ("xot", "cbcom", "cbcom-tls")
@@ -120,81 +112,3 @@ def card_numbers_in(text: str, sent: list[Batch] | None = None,
              if luhn_valid(run) and run not in not_cards]
     pans = {tx.pan for batch in sent or () for tx in batch.transactions}
     return found + [pan for pan in pans if pan in text]
-
-
-class GatewayProcess:
-    """`python -m passerelle.switchd.gateway` as a child: readiness from its log, kill -9."""
-
-    def __init__(self, settings: dict[str, Any], workdir: Path) -> None:
-        self.config = workdir / "gateway.toml"
-        self.config.write_text(to_toml(settings))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.lines: list[bytes] = []
-        self.addresses: dict[str, int] = {}
-        self._changed = threading.Condition()
-
-    def start(self, timeout: float = 60.0) -> GatewayProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "passerelle.switchd.gateway", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={**os.environ})
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        ready = self.wait_for("switchd.ready", timeout)
-        self.addresses = {name: int(address.rsplit(":", 1)[1])
-                          for name, address in ready["listeners"].items()}
-        return self
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        with self._changed:
-            found = []
-            for line in self.lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("event") == name:
-                    found.append(event)
-            return found
-
-    def wait_for(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = self.events(name)
-                if found:
-                    return found[0]
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited before {name}: {self.tail()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no {name} within {timeout} s: {self.tail()}")
-                self._changed.wait(min(remaining, 0.5))
-
-    def tail(self, lines: int = 15) -> str:
-        return b"".join(self.lines[-lines:]).decode(errors="replace")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode

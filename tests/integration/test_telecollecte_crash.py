@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from passerelle.sim.telecollecte import (
 )
 from passerelle.sim.terminal import Terminal
 from passerelle.storage.embedded import postgres_bin_dir
+from passerelle.switchd.process import SwitchdProcess
 from tests.integration.storage_helpers import setup_fleet
 from tests.integration.telecollecte_helpers import (
-    GatewayProcess,
     assert_stored_as_sent,
     card_numbers_in,
     pki_in,
@@ -62,19 +63,25 @@ def test_switchd_killed_mid_batch_terminal_retries_stored_exactly_once(
     settings = settings_dict(db_dsn, tmp_path / "state", pki)
     batches = generate_batches(random.Random(9), "TPE0000", "1234567", "CBEMV", days=2,
                                per_day=(10, 10))
-    processes: list[GatewayProcess] = []
+    processes: list[SwitchdProcess] = []
 
-    def start() -> GatewayProcess:
-        processes.append(GatewayProcess(settings, tmp_path).start())
+    def start() -> SwitchdProcess:
+        # switchd runs the gateway (storage + télécollecte): the settings have [storage].
+        processes.append(SwitchdProcess(settings, tmp_path, ready_timeout=60).start())
         return processes[-1]
+
+    def kill(process: SwitchdProcess) -> None:
+        process.signal(signal.SIGKILL)
+        assert process.proc is not None
+        process.proc.wait(10)
 
     try:
         first = start()
 
         async def killed_mid_file() -> bool:
-            async with await dial("cbcom", "127.0.0.1", first.addresses["cbcom"]) as tpe:
+            async with await dial("cbcom", "127.0.0.1", first.port("cbcom")) as tpe:
                 await _up_to(tpe, batches[0], sent=6)
-                await asyncio.to_thread(first.kill)
+                await asyncio.to_thread(kill, first)
                 await tpe.wait_closed()
                 return tpe.closed
 
@@ -82,12 +89,12 @@ def test_switchd_killed_mid_batch_terminal_retries_stored_exactly_once(
         second = start()
 
         async def killed_after_0506() -> None:
-            async with await dial("cbcom", "127.0.0.1", second.addresses["cbcom"]) as tpe:
+            async with await dial("cbcom", "127.0.0.1", second.port("cbcom")) as tpe:
                 await _up_to(tpe, batches[1], sent=len(batches[1].transactions))
                 tpe.send(end_message(batches[1]))
                 # Committed: switchd dies before the terminal reads any 0516.
                 await asyncio.to_thread(second.wait_for, "telecollecte.remise_stored")
-                await asyncio.to_thread(second.kill)
+                await asyncio.to_thread(kill, second)
 
         asyncio.run(killed_after_0506())
         with psycopg.connect(db_dsn) as conn:
@@ -95,9 +102,9 @@ def test_switchd_killed_mid_batch_terminal_retries_stored_exactly_once(
         assert before == [(batches[1].remise_number,)]  # nothing of the first, half-sent file
         third = start()
         results = asyncio.run(telecollecte(
-            lambda: dial("cbcom", "127.0.0.1", third.addresses["cbcom"]), batches))
+            lambda: dial("cbcom", "127.0.0.1", third.port("cbcom")), batches))
         assert [r.code for r in results] == ["00", "00"]
-        assert third.events("telecollecte.remise_already_stored")  # the repeat, acknowledged
+        assert third.find("telecollecte.remise_already_stored")  # the repeat, acknowledged
         assert third.stop() == 0
     finally:
         for process in processes:
@@ -115,6 +122,6 @@ def test_switchd_killed_mid_batch_terminal_retries_stored_exactly_once(
     sirets = frozenset(s for (s,) in psycopg.connect(db_dsn).execute(
         "SELECT siret FROM contracts").fetchall())  # Luhn-valid by design, and public
     assert card_numbers_in(dump, batches, sirets) == []
-    logs = b"".join(line for p in processes for line in p.lines).decode()
+    logs = b"".join(line for p in processes for line in p.raw_lines).decode()
     assert "telecollecte.remise_stored" in logs
     assert card_numbers_in(logs, batches) == []
