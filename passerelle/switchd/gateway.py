@@ -71,9 +71,16 @@ def _parse(raw: dict[str, Any]) -> tuple[Settings, TelecollecteSettings]:
     try:
         telecollecte = msgspec.convert(table, TelecollecteSettings)
     except msgspec.ValidationError as error:
-        raise ConfigError(f"[telecollecte]: {error}") from None
-    if not 1 <= telecollecte.max_window <= 999 or not 1 <= telecollecte.max_messages <= 9999:
-        raise ConfigError("[telecollecte]: max_window must be 1..999, max_messages 1..9999")
+        raise ConfigError(f"[telecollecte]: {str(error).replace('`', '')}") from None
+    for key, low, high in (("max_window", 1, 999), ("max_messages", 1, 9999),
+                           ("pan_hmac_key_version", 1, 32767)):
+        value = getattr(telecollecte, key)
+        if not low <= value <= high:
+            raise ConfigError(f"telecollecte.{key}: expected {low}..{high}, got {value}")
+    for key in ("replay_interval", "spool_retry_after"):
+        value = getattr(telecollecte, key)
+        if not 0 < value <= 86_400:
+            raise ConfigError(f"telecollecte.{key}: expected seconds in (0, 86400], got {value}")
     settings = parse_config(raw)
     try:
         settings_from_table(settings.storage)
