@@ -4,8 +4,11 @@ Every setting has a default, so an empty file is a valid configuration. Errors n
 key path and the offending value (`listeners.xot.port: expected int, got "abc"`) because
 the person reading them is editing that file, not our code.
 
-Sections owned by later issues ([storage], [hsm], [routes]) are accepted as raw tables
-for now; the issue that implements one replaces its `dict` with a Struct here.
+[storage], [hsm], [routes], [mail] and [branding] stay raw tables on `Settings` (their
+owners read them: `storage.db.settings_from_table`, `hsm.HSMSettings`,
+`routing.settings.routing_settings`, `passerelle.mail`), but `parse_config` validates each
+present table against its owner's Struct, imported only then, so that `--check-config` names
+a bad key there too without switchd importing psycopg or the HSM when they are unused.
 """
 
 from __future__ import annotations
@@ -156,10 +159,12 @@ class Settings(_Section):
     cbcom: CbcomSettings = msgspec.field(default_factory=CbcomSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
-    # Owned by later issues; typed there.
+    # Typed by their owners, validated in `_check_owned` (see the module docstring).
     storage: dict[str, Any] = msgspec.field(default_factory=dict)
     hsm: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: dict[str, Any] = msgspec.field(default_factory=dict)
+    mail: dict[str, Any] = msgspec.field(default_factory=dict)
+    branding: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 _MSGSPEC_ERROR = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>.*)`)?$", re.DOTALL)
@@ -186,18 +191,27 @@ def _toml_repr(value: Any) -> str:
     return str(value)
 
 
-def _explain(error: msgspec.ValidationError, raw: dict[str, Any]) -> str:
-    """Turn msgspec's message into `key.path: what is wrong, got VALUE`."""
+def _dotted(parts: list[str | int]) -> str:
+    """`["routes", "acquirers", 0, "port"]` -> `routes.acquirers[0].port`."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _explain(error: msgspec.ValidationError, raw: dict[str, Any],
+             prefix: list[str | int] | None = None) -> str:
+    """Turn msgspec's message into `key.path: what is wrong, got VALUE`; `prefix` is the
+    path of the table that was converted on its own."""
     match = _MSGSPEC_ERROR.match(str(error))
     assert match is not None  # the pattern matches any string
     what, path = match["what"], match["path"] or ""
-    parts: list[str | int] = [
-        name if name is not None else int(index) for name, index in _PATH_PART.findall(path)
-    ]
+    parts: list[str | int] = [*(prefix or []), *(
+        name or int(index) for name, index in _PATH_PART.findall(path))]
     unknown = _UNKNOWN.match(what)
     if unknown:
-        return ".".join(map(str, [*parts, unknown["key"]])) + ": unknown key"
-    key = ".".join(map(str, parts)) or "(top level)"
+        return _dotted([*parts, unknown["key"]]) + ": unknown key"
+    key = _dotted(parts) or "(top level)"
     what = what[0].lower() + what[1:]
     what = re.sub(r"`([^`]*)`", r"\1", what)
     try:
@@ -253,6 +267,35 @@ def _check(settings: Settings) -> None:
         seen[where] = name
 
 
+def _owned_types() -> dict[str, Any]:
+    """Table -> its owner's Struct, imported on demand (psycopg, cryptography)."""
+    from passerelle.hsm.settings import HSMSettings  # noqa: PLC0415
+    from passerelle.mail import Branding, MailSettings  # noqa: PLC0415
+    from passerelle.routing.settings import RoutingSettings  # noqa: PLC0415
+    from passerelle.storage.db import StorageSettings  # noqa: PLC0415
+
+    return {"storage": StorageSettings, "hsm": HSMSettings, "routes": RoutingSettings,
+            "mail": MailSettings, "branding": Branding}
+
+
+def _check_owned(raw: dict[str, Any]) -> None:
+    """Each present owned table converts to its Struct; the error names `table.key`."""
+    present = [name for name in ("storage", "hsm", "routes", "mail", "branding")
+               if isinstance(raw.get(name), dict)]
+    if not present:
+        return
+    types = _owned_types()
+    for name in present:
+        try:
+            msgspec.convert(raw[name], types[name])
+        except msgspec.ValidationError as error:
+            raise ConfigError(_explain(error, raw, prefix=[name])) from None
+        except Exception as error:  # an owner's own check (__post_init__)
+            message = str(error)
+            raise ConfigError(message if message.startswith(f"{name}") else
+                              f"{name}: {message}") from None
+
+
 def parse_config(raw: dict[str, Any]) -> Settings:
     """Validate an already-parsed TOML document."""
     try:
@@ -260,6 +303,7 @@ def parse_config(raw: dict[str, Any]) -> Settings:
     except msgspec.ValidationError as error:
         raise ConfigError(_explain(error, raw)) from None
     _check(settings)
+    _check_owned(raw)
     return settings
 
 

@@ -6,6 +6,13 @@ been idle for `echo_interval` (an unanswered echo closes the connection: a half-
 peer must not swallow authorizations), and reconnects with exponential backoff and jitter.
 Everything runs on the caller's event loop (asyncio or uvloop); reading is a `Protocol`, so
 no task per request and no copy beyond the framer's.
+
+With `mac_key` in the acquirer's settings (and an HSM), every request sent through
+`request()` (authorizations, advices, reversals) carries a MAC in field 64 (128 when the
+message has a secondary bitmap) over the message up to that field, and every answer must
+carry a valid one: an answer with a missing or bad MAC is logged, counted as a stray and
+treated as no answer (LinkTimeout), so the dialogue reverses and fails over as for a
+timeout. Sign-on and echo are not MACed (they carry no transaction).
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import random
 import ssl
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from passerelle.codecs.framing import FramingError, LengthPrefixFramer
 from passerelle.codecs.iso8583 import CodecError, Message
+from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import get_profile
 from passerelle.routing import translate
 from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout
@@ -30,6 +39,38 @@ from passerelle.routing.mux import Key, Mux
 from passerelle.routing.settings import AcquirerSettings
 
 _log = structlog.get_logger("passerelle.routing")
+_MAC_LENGTH = 8
+
+
+def _mac_field(numbers: tuple[int, ...]) -> int:
+    """64, or 128 when the message has a secondary bitmap: the MAC is the last field."""
+    return 128 if any(n > 64 for n in numbers) else 64
+
+
+async def add_mac(wire: bytes, profile: Profile, hsm: Any, key: str, algorithm: str) -> bytes:
+    """`wire` with its MAC field set, computed by the HSM over everything before it."""
+    message = Message.parse(wire, profile)
+    number = _mac_field(tuple(n for n in message.numbers if n not in (64, 128)))
+    encoder = profile.encoders[number]
+    assert encoder is not None
+    tail = len(encoder(bytes(_MAC_LENGTH)))
+    data = message.respond(message.mti, {64: None, 128: None, number: bytes(_MAC_LENGTH)})
+    data = data[:-tail]
+    mac = await hsm.generate_mac(key, data, algorithm, _MAC_LENGTH)
+    return data + encoder(mac)
+
+
+async def mac_valid(message: Message, hsm: Any, key: str, algorithm: str) -> bool:
+    """True when `message` ends with a MAC field that the HSM verifies."""
+    numbers = message.numbers
+    if not numbers or numbers[-1] not in (64, 128):
+        return False
+    number = numbers[-1]
+    mac = message.get(number)
+    if not isinstance(mac, bytes) or len(mac) != _MAC_LENGTH:
+        return False
+    data = message.wire[:len(message.wire) - len(message.raw(number))]
+    return bool(await hsm.verify_mac(key, data, mac, algorithm))
 
 
 class _Wire(asyncio.Protocol):
@@ -80,8 +121,10 @@ class _Wire(asyncio.Protocol):
 class AcquirerLink:
     """The link to one acquirer: `request()` sends and waits; `start()`/`close()` run it."""
 
-    def __init__(self, settings: AcquirerSettings, metrics: RoutingMetrics | None = None) -> None:
+    def __init__(self, settings: AcquirerSettings, metrics: RoutingMetrics | None = None,
+                 hsm: Any = None) -> None:
         self.settings = settings
+        self.hsm = hsm  # MACs, when settings.mac_key names one
         self.name = settings.name
         self.profile = get_profile(settings.profile)
         self.metrics = metrics
@@ -134,7 +177,10 @@ class AcquirerLink:
         if not self.up or self._wire is None:
             raise LinkDown(f"acquirer {self.name} is {self.state}")
         deadline = time.monotonic() + timeout
-        await self.mux.acquire(timeout)
+        mac_key = self.settings.mac_key
+        if mac_key is not None:
+            wire = await self._mac(wire, mac_key)
+        await self.mux.acquire(max(deadline - time.monotonic(), 0.0))
         try:
             conn = self._wire
             if not self.up or conn is None:
@@ -143,11 +189,37 @@ class AcquirerLink:
             conn.write(wire)
             self._last_activity = time.monotonic()
             try:
-                return await self.mux.wait(key, future, max(deadline - time.monotonic(), 0.0))
+                answer = await self.mux.wait(key, future, max(deadline - time.monotonic(), 0.0))
             except LinkDown as error:
                 raise LinkLost(str(error)) from None
         finally:
             self.mux.release()
+        if mac_key is not None and not await self._answer_mac_valid(answer, mac_key):
+            self.stray("bad_mac")
+            _log.warning("acquirer.bad_mac", acquirer=self.name, mti=answer.mti,
+                         stan=key[2])
+            raise LinkTimeout(f"acquirer {self.name}: answer with a missing or bad MAC")
+        return answer
+
+    async def _mac(self, wire: bytes, key: str) -> bytes:
+        """The request with its MAC; LinkDown (not sent) when the HSM cannot make it."""
+        if self.hsm is None:
+            raise LinkDown(f"acquirer {self.name}: mac_key is set but no [hsm] is configured")
+        try:
+            return await add_mac(wire, self.profile, self.hsm, key,
+                                 self.settings.mac_algorithm)
+        except Exception as error:  # HSM away or refusing: this acquirer cannot be used now
+            _log.warning("acquirer.mac_failed", acquirer=self.name,
+                         error=str(error) or type(error).__name__)
+            raise LinkDown(f"acquirer {self.name}: cannot MAC the request") from None
+
+    async def _answer_mac_valid(self, answer: Message, key: str) -> bool:
+        try:
+            return await mac_valid(answer, self.hsm, key, self.settings.mac_algorithm)
+        except Exception as error:  # an unreadable MAC field or the HSM away: not valid
+            _log.warning("acquirer.mac_verify_failed", acquirer=self.name,
+                         error=str(error) or type(error).__name__)
+            return False
 
     # -- the wire ------------------------------------------------------------------------
     def received(self, frame: bytes) -> None:

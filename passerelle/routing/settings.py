@@ -17,6 +17,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
 Count = Annotated[int, msgspec.Meta(ge=1)]
 Minor = Annotated[int, msgspec.Meta(ge=0)]  # money: integer minor units
 Currency = Annotated[int, msgspec.Meta(ge=1, le=999)]
+PinFormat = Literal[0, 1, 3, 4]  # ISO 9564 PIN block formats
 
 # ISO 8583:1993 action codes (field 39 of a 1110) -> CB response codes. An acquirer's own
 # `response_codes` table overrides entries; a code in neither table becomes "05".
@@ -68,6 +69,15 @@ class AcquirerSettings(_Section):
     acquirer_id: str = "00000000000"  # field 32 towards this acquirer
     response_codes: dict[str, str] = msgspec.field(default_factory=dict)
     floor_limits: list[FloorLimit] = msgspec.field(default_factory=list)
+    # HSM key names (they need an [hsm] table). `pin_key`: this acquirer's ZPK; a terminal's
+    # PIN block (52) is re-enciphered under it, in `pin_format`, before it is sent. Without
+    # it a PIN block is not sent on (an acquirer cannot read a block under our TPK).
+    pin_key: str | None = None
+    pin_format: PinFormat = 0
+    # `mac_key`: requests to this acquirer carry a MAC (64, or 128 with a secondary
+    # bitmap) and its answers must carry a valid one; a bad MAC counts as no answer.
+    mac_key: str | None = None
+    mac_algorithm: Literal["iso9797-1-alg3", "aes-cmac"] = "iso9797-1-alg3"
 
     def cb_code(self, code: str) -> str:
         """The CB response code for this acquirer's field 39."""
@@ -120,6 +130,10 @@ class AuthorizationSettings(_Section):
     reversal_memory: Count = 50_000
     terminals: list[TerminalEntry] = msgspec.field(default_factory=list)
     contracts: list[ContractEntry] = msgspec.field(default_factory=list)
+    # The terminals' PIN encryption key (HSM name of a TPK) and PIN block format. DUKPT
+    # (a BDK + KSN) is not wired: CB2A's field 53 (n16) cannot carry a 10-byte KSN.
+    pin_key: str = "tpk"
+    pin_format: PinFormat = 0
 
 
 class SafSettings(_Section):

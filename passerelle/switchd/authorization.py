@@ -26,6 +26,14 @@ A terminal's own reversal (0400/0420, the original named by field 90 or else by 
 goes to the SAF for the acquirer that approved it; recent approvals are remembered in this
 node's memory only, so a reversal reaching another node than its 0100 is answered but not
 sent on (`auth.terminal_reversal matched=false` in the log).
+
+With an HSM (`[hsm]`): a PIN block (52) is re-enciphered from the terminals' TPK
+(`authorization.pin_key`) to the acquirer's ZPK (`pin_key` of the acquirer) before it
+leaves, and an acquirer with no ZPK, or a translation the HSM refuses, is skipped like an
+untranslatable request; links MAC their messages (see `routing.link`); the auth log's PAN
+HMAC comes from `hsm.pan_hmac` (newest key version, recorded with the row), computed in
+the background so the terminal's answer never waits for it. Without an HSM a PIN block is
+not sent on (as before) and the PAN HMAC uses the configured key.
 """
 
 from __future__ import annotations
@@ -42,10 +50,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from passerelle.codecs.iso8583 import CodecError, Message
 from passerelle.codecs.profiles import get_profile
+from passerelle.hsm.errors import HSMError
 from passerelle.routing import translate
 from passerelle.routing.application import read_application
 from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout, RoutingError
@@ -140,6 +150,7 @@ class AuthServices:
     authlog: AuthLogWriter | None = None
     saf: SafStore | None = None
     pan_key: PanHmacKey | None = None
+    hsm: Any = None  # passerelle.hsm.HSM: PAN HMAC, PIN translation, MACs (links hold it too)
     spool: Spool | None = None  # the auth-log journal, when these services opened it
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -371,6 +382,11 @@ class Authorizer:
                 log.warning("auth.untranslatable", acquirer=name, field=error.field,
                             reason=error.reason)
                 continue
+            if 52 in message and self.s.hsm is not None:
+                translated = await self._pin_for(message, acquirer, wire, pan)
+                if translated is None:
+                    continue
+                wire = translated
             state.acquirer, state.wire = acquirer, wire
             sent = loop.time()
             try:
@@ -404,6 +420,27 @@ class Authorizer:
                                 issuer_data=outcome.issuer_data,
                                 additional=outcome.additional)
         return await self._stand_in(message, state, route.acquirers, deadline, now)
+
+    async def _pin_for(self, message: Message, acquirer: AcquirerSettings, wire: bytes,
+                       pan: str) -> bytes | None:
+        """`wire` with the terminal's PIN block re-enciphered under the acquirer's ZPK; None
+        when this acquirer cannot take the PIN (no ZPK configured, or the HSM refused)."""
+        if acquirer.pin_key is None:
+            log.warning("auth.pin_untranslatable", acquirer=acquirer.name,
+                        reason="no pin_key (ZPK) for this acquirer")
+            return None
+        auth = self.s.settings.authorization
+        try:
+            block = await self.s.hsm.translate_pin(
+                bytes(message.get(52)), pan=pan, source_key=auth.pin_key,
+                source_format=auth.pin_format, dest_key=acquirer.pin_key,
+                dest_format=acquirer.pin_format)
+            outgoing = Message.parse(wire, get_profile(acquirer.profile))
+            return outgoing.respond(outgoing.mti, {52: block})
+        except (HSMError, CodecError) as error:
+            log.warning("auth.pin_untranslatable", acquirer=acquirer.name,
+                        reason=type(error).__name__)
+            return None
 
     async def _stand_in(self, message: Message, state: _Attempt, chain: tuple[str, ...],
                         deadline: float, now: datetime) -> bytes:
@@ -459,9 +496,10 @@ class Authorizer:
             return
         pan = state.pan
         masked = digest = version = None
-        if pan and pan.isdigit() and 12 <= len(pan) <= 19:
+        hashed = pan and pan.isdigit() and 12 <= len(pan) <= 19
+        if hashed:
             masked = mask_pan(pan)
-            if self.s.pan_key is not None:
+            if self.s.hsm is None and self.s.pan_key is not None:
                 digest, version = pan_hmac(self.s.pan_key, pan)
         expiry = state.expiry if state.expiry and state.expiry.isdigit() and len(
             state.expiry) == 4 and "01" <= state.expiry[2:] <= "12" else None
@@ -471,14 +509,30 @@ class Authorizer:
             stan = str(message.get(11)) if 11 in message else None
         except CodecError:
             rrn = stan = None
-        writer.log(AuthRecord(
+        record = AuthRecord(
             at=datetime.now(UTC), mti=message.mti, terminal_serial=state.terminal or None,
             contract_number=state.contract or None, application=state.application,
             acquirer=acquirer or None, stan=stan, rrn=rrn, amount=state.amount,
             currency=state.currency if state.currency and 0 < state.currency < 1000 else None,
             pan_masked=masked, pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
             response_code=code, authorization_number=approval, stand_in=state.stand_in,
-            latency_ms=latency))
+            latency_ms=latency)
+        if hashed and self.s.hsm is not None:
+            task = asyncio.create_task(self._log_hashed(writer, record, pan))
+            self.s.background.add(task)
+            task.add_done_callback(self.s.background.discard)
+        else:
+            writer.log(record)
+
+    async def _log_hashed(self, writer: AuthLogWriter, record: AuthRecord, pan: str) -> None:
+        """The row with the HSM's PAN HMAC; kept without it if the HSM cannot answer."""
+        try:
+            found = await self.s.hsm.pan_hmac(pan)
+            record = msgspec.structs.replace(record, pan_hmac=found.digest,
+                                             pan_hmac_key_version=found.version)
+        except Exception as error:  # the HSM away must not lose the row
+            log.warning("auth.pan_hmac_failed", error=type(error).__name__)
+        writer.log(record)
 
 
 class _Attempt:
@@ -504,13 +558,21 @@ class _Attempt:
 
 def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any = None,
                    pan_key: PanHmacKey | None = None, registry: Any = None,
-                   spool: Any = None, routes_path: str | Path | None = None) -> AuthServices:
+                   spool: Any = None, routes_path: str | Path | None = None,
+                   hsm: Any = None) -> AuthServices:
     """The dialogue's services from settings; `pool` None = no database (config directory,
-    no SAF, so no stand-in; the log goes to `spool` if given)."""
+    no SAF, so no stand-in; the log goes to `spool` if given). RoutingError when an
+    acquirer names a PIN or MAC key and there is no `hsm`."""
+    if hsm is None:
+        for acquirer in settings.acquirers:
+            for key in ("pin_key", "mac_key"):
+                if getattr(acquirer, key) is not None:
+                    raise RoutingError(f"routes.acquirers ({acquirer.name}): {key} needs an "
+                                       "[hsm] table")
     metrics = RoutingMetrics(registry)
     names = [a.name for a in settings.acquirers]
     router = Router(routes_path or settings.path, names)
-    links = {a.name: AcquirerLink(a, metrics) for a in settings.acquirers}
+    links = {a.name: AcquirerLink(a, metrics, hsm) for a in settings.acquirers}
     a = settings.authlog
     authlog = AuthLogWriter(pool, spool, max_queue=a.queue, batch=a.batch,
                             flush_interval=a.flush_interval,
@@ -518,7 +580,7 @@ def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any =
     saf = SafStore(pool, sealer) if pool is not None and sealer is not None else None
     return AuthServices(settings=settings, router=router, links=links,
                         directory=Directory(settings, pool), metrics=metrics,
-                        authlog=authlog, saf=saf, pan_key=pan_key)
+                        authlog=authlog, saf=saf, pan_key=pan_key, hsm=hsm)
 
 
 def build_from_config(config: Any, *, registry: Any, pool: Any = None, hsm: Any = None,
@@ -544,8 +606,13 @@ def build_from_config(config: Any, *, registry: Any, pool: Any = None, hsm: Any 
         sealer = HsmSealer(hsm, settings.saf.data_key)
     elif pool is not None:
         sealer = AesGcmSealer(_local_saf_key(Path(config.switchd.state_dir)))
-    services = build_services(settings, pool=pool, sealer=sealer, pan_key=pan_key,
-                              registry=registry, spool=spool)
+    try:
+        services = build_services(settings, pool=pool, sealer=sealer, pan_key=pan_key,
+                                  registry=registry, spool=spool, hsm=hsm)
+    except RoutingError:
+        if own is not None:
+            own.close()
+        raise
     services.spool = own
     return services
 

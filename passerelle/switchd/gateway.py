@@ -8,8 +8,20 @@ under `<state_dir>/spool`, replayed in the background) and the télécollecte di
 transfer-mode sessions. `[storage] state_dir` defaults to `[switchd] state_dir`.
 
 `[telecollecte]` is read here (config.py does not know it), see `TelecollecteSettings`.
-Without `pan_hmac_key`, a random key is generated once into `<state_dir>/pan-hmac.key`
-(mode 0600): fine for a demo or a single node, not for several nodes that must agree.
+
+`[routes]` adds the authorization dialogue (`switchd.authorization`): acquirer links, SAF,
+the auth log (journalled in `storage.authlog_spool`), started after the daemon is built,
+closed after it drained, its route table reloaded on SIGHUP (a bad file keeps the old one).
+
+PAN HMAC and keys. With `[hsm]` (`passerelle.hsm.HSMSettings`) the HSM computes every PAN
+HMAC (télécollecte rows and the auth log record the key version it used; new rows use the
+newest), seals the SAF under its data key `routes.saf.data_key` (so several nodes share
+it), translates PIN blocks and MACs acquirer messages; SIGHUP calls `hsm.reload()`.
+Without `[hsm]`, as before: the PAN HMAC key is `[telecollecte] pan_hmac_key` (version
+`pan_hmac_key_version`) or, without it, a random key generated once into
+`<state_dir>/pan-hmac.key` (mode 0600: fine for a demo or a single node, not for several
+nodes that must agree); the SAF key is `<state_dir>/saf-data.key`; PIN blocks are not sent
+on and no MAC is made (an acquirer that names a pin_key or mac_key is a config error).
 """
 
 from __future__ import annotations
@@ -26,11 +38,14 @@ import msgspec
 from prometheus_client import Gauge
 
 from passerelle.config import ConfigError, Settings, parse_config
+from passerelle.hsm.base import HSM
+from passerelle.hsm.errors import HSMError
+from passerelle.hsm.settings import HSMSettings
 from passerelle.storage.db import StorageError, settings_from_table
 from passerelle.storage.pan import PanHmacKey
 from passerelle.storage.runtime import Storage
 from passerelle.storage.spool import Spool
-from passerelle.switchd import logs
+from passerelle.switchd import authorization, logs
 from passerelle.switchd.dispatch import default_registry
 from passerelle.switchd.server import Daemon
 from passerelle.switchd.telecollecte import (
@@ -86,12 +101,24 @@ def _parse(raw: dict[str, Any]) -> tuple[Settings, TelecollecteSettings]:
         settings_from_table(settings.storage)
     except StorageError as error:
         raise ConfigError(str(error)) from None
+    if not settings.hsm:
+        for index, acquirer in enumerate(settings.routes.get("acquirers") or []):
+            for key in ("pin_key", "mac_key"):
+                if isinstance(acquirer, dict) and acquirer.get(key) is not None:
+                    raise ConfigError(f"routes.acquirers[{index}].{key}: needs an [hsm] table")
     return settings, telecollecte
 
 
 def load(path: str | Path | None) -> tuple[Settings, TelecollecteSettings]:
-    """Read the TOML file: switchd settings plus our `[telecollecte]` table."""
-    return _parse(_read(path))
+    """Read the TOML file: switchd settings plus our `[telecollecte]` table.
+
+    A relative `routes.path` is taken from the settings file's directory, so that
+    switchd.toml and routes.toml travel together (/etc/passerelle, conf/)."""
+    raw = _read(path)
+    routes = raw.get("routes")
+    if path is not None and isinstance(routes, dict) and isinstance(routes.get("path"), str):
+        routes["path"] = str(Path(path).parent / routes["path"])  # absolute stays absolute
+    return _parse(raw)
 
 
 def _pan_key(settings: TelecollecteSettings, state_dir: Path, log: Any) -> PanHmacKey:
@@ -129,12 +156,32 @@ class Gateway:
         self.log = logs.get_logger()
         self.storage: Storage | None = None
         self.daemon: Daemon | None = None
+        self.hsm: HSM | None = None
+        self.auth: authorization.AuthServices | None = None
 
     async def start(self) -> None:
         """Storage, then the listeners (tests and the demo run it in-process)."""
-        await self._prepare()
-        assert self.daemon is not None
-        await self.daemon.start()
+        try:
+            await self._prepare()
+            assert self.daemon is not None
+            await self.daemon.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _open_hsm(self) -> HSM:
+        """The configured HSM, checked now: a missing PAN HMAC key fails the start, not the
+        first 0246."""
+        from passerelle.hsm import open_hsm  # noqa: PLC0415 - only when [hsm] is there
+
+        hsm = open_hsm(msgspec.convert(self.settings.hsm, HSMSettings))
+        try:
+            versions = await hsm.pan_hmac_versions()
+        except HSMError:
+            await hsm.close()
+            raise
+        self.log.info("hsm.opened", backend=hsm.backend, pan_hmac_versions=versions)
+        return hsm
 
     async def _prepare(self) -> None:
         tlc = self.telecollecte
@@ -142,12 +189,24 @@ class Gateway:
         await storage.__aenter__()
         self.storage = storage
         storage.sink.retry_after_s = tlc.spool_retry_after
+        if self.settings.hsm:
+            self.hsm = await self._open_hsm()
+        pan_key = None if self.hsm else _pan_key(tlc, self.state_dir, self.log)
         services = TelecollecteServices(
-            sink=storage.sink, pan_key=_pan_key(tlc, self.state_dir, self.log),
+            sink=storage.sink, pan_key=pan_key, hsm=self.hsm,
             pool=storage.pool, max_window=tlc.max_window, max_messages=tlc.max_messages)
         registry = default_registry()
         register(registry, services)
         self.daemon = Daemon(self.settings, registry=registry)
+        if self.settings.routes:
+            self.auth = authorization.build_from_config(
+                self.settings, registry=self.daemon.metrics.registry, pool=storage.pool,
+                hsm=self.hsm, pan_key=pan_key, spool=storage.authlog_spool)
+            authorization.register(registry, self.auth)  # 0100/0101, 0400/0401/0420/0421
+            await self.auth.start()
+            self.daemon.reload_hooks.append(self.auth.reload_routes)
+        if self.hsm is not None:
+            self.daemon.reload_hooks.append(self.hsm.reload)
         services.metrics = TelecollecteMetrics(self.daemon.metrics.registry)
         spool = storage.spool
         Gauge("storage_spool_pending_bytes",
@@ -159,6 +218,12 @@ class Gateway:
         """Drain the daemon (0516s in flight are sent), then close storage."""
         if self.daemon is not None:
             await self.daemon.stop()
+        if self.auth is not None:  # SAF marks and the auth log reach storage first
+            auth, self.auth = self.auth, None
+            await auth.close()
+        if self.hsm is not None:
+            hsm, self.hsm = self.hsm, None
+            await hsm.close()
         if self.storage is not None:
             storage, self.storage = self.storage, None
             with contextlib.suppress(StorageError, TimeoutError):

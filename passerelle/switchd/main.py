@@ -33,6 +33,15 @@ def _check_tls(settings: Settings) -> None:
                           f"client CA ({error})") from None
 
 
+def _route_problems(settings: Settings) -> list[str]:
+    """Overlapping or unreachable routes, a bad routes file, inconsistent timeouts."""
+    if not settings.routes:
+        return []
+    from passerelle.routing.check import check_config  # noqa: PLC0415 - only with [routes]
+
+    return check_config(settings.routes)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchd", description="Passerelle terminal switch: XOT, CBCOM, CBCOM/TLS, ISO.")
@@ -50,7 +59,8 @@ async def _serve(settings: Settings) -> None:
 
 
 def _wants_storage(path: str | None) -> bool:
-    """A [storage] or [telecollecte] table: run the gateway (storage + télécollecte)."""
+    """A [storage], [telecollecte], [routes] or [hsm] table: run the gateway (storage,
+    télécollecte, and authorization when routes are configured)."""
     if path is None:
         return False
     try:
@@ -58,7 +68,7 @@ def _wants_storage(path: str | None) -> bool:
             raw = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError):
         return False  # load_config reports it
-    return "storage" in raw or "telecollecte" in raw
+    return any(table in raw for table in ("storage", "telecollecte", "routes", "hsm"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"switchd: {path}: {error}", file=sys.stderr)
         sys.exit(2)
     if args.check_config:
+        problems = _route_problems(settings)
+        if problems:
+            for problem in problems:
+                print(f"switchd: {path}: {problem}", file=sys.stderr)
+            sys.exit(2)
         print(f"switchd: {path}: configuration is valid")
         return
     logs.configure(settings.logging.level)

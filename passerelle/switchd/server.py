@@ -10,11 +10,12 @@ per second.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from passerelle.config import CbcomTlsListener, IsoListener, ListenerSettings, Settings
@@ -97,13 +98,6 @@ class Listener:
             return
         self.log.info("tls.reloaded")
 
-    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Anything asyncio could not deliver: logged as one JSON event, never fatal."""
-        self.metrics.error("switchd", "loop")
-        error = context.get("exception")
-        self.log.error("switchd.loop_error", message=context.get("message"),
-                       exc_info=error if isinstance(error, BaseException) else None)
-
     def connection_gone(self) -> None:
         self.daemon.connection_gone()
 
@@ -124,8 +118,10 @@ class Daemon:
             for name, listener in settings.listeners.items() if listener.enabled
         }
         self.inflight: set[asyncio.Future[Any]] = set()
-        # SIGHUP also reloads what later parts own (routes, keys): they add a callable here.
-        self.reload_hooks: list[Callable[[], None]] = []
+        # SIGHUP also reloads what other parts own (routes, HSM keys): a callable each,
+        # returning None or an awaitable (run in the background, its failure logged).
+        self.reload_hooks: list[Callable[[], Awaitable[Any] | Any]] = []
+        self._reloads: set[asyncio.Task[Any]] = set()
         self.metrics_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -182,12 +178,23 @@ class Daemon:
         for listener in self.listeners.values():
             listener.reload_tls()
         for hook in self.reload_hooks:
+            name = getattr(hook, "__qualname__", repr(hook))
             try:
-                hook()
+                result = hook()
             except Exception:  # a bad reload keeps the old state; switchd stays up
-                self.log.exception("switchd.reload_failed", hook=getattr(hook, "__qualname__",
-                                                                         repr(hook)))
+                self.log.exception("switchd.reload_failed", hook=name)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(self._reload_async(result, name))
+                self._reloads.add(task)
+                task.add_done_callback(self._reloads.discard)
         self.notifier.ready()
+
+    async def _reload_async(self, result: Awaitable[Any], name: str) -> None:
+        try:
+            await result
+        except Exception:  # an HSM away at reload keeps its keys; switchd stays up
+            self.log.exception("switchd.reload_failed", hook=name)
 
     async def stop(self) -> None:
         """Stop accepting, let dialogues in flight finish (bounded), close, exit cleanly."""

@@ -41,7 +41,11 @@ the way CB2A uses ISO 8583:1987 elsewhere (ISO meaning wherever a field has one)
   55 tag 9F06 the AID, 47 tags IS issuer and PR product (titres-restaurant on CONECS
   name their issuer and product). 35, 36, 45, 52 (track and PIN data) are never read.
   The PAN is turned into `pan_masked` + `pan_hmac` as soon as it is read; the full PAN is
-  never kept, logged or stored.
+  never kept, logged or stored. With an HSM (`services.hsm`) the HMAC is `hsm.pan_hmac`
+  (the newest key version, stored with the row) and a 0246 is handled asynchronously (the
+  session still serialises messages); an HSM that cannot answer refuses the 0246 with 96
+  (the file is dropped, the terminal sends it again later). Without one, the configured
+  `pan_key` hashes synchronously, as on the hot path before.
 * 0256: 71 = the last message number received, 39.
 * 0506 totals, ISO 1987 reconciliation fields: 76/88 debits = approved purchases,
   74/86 credits = approved refunds, 77/89 debits reversal = approved cancellations,
@@ -85,6 +89,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from passerelle.codecs.errors import CodecError
 from passerelle.codecs.iso8583 import Message, encode
+from passerelle.hsm.errors import HSMError
 from passerelle.storage.db import StorageError
 from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac
 from passerelle.storage.remises import (
@@ -171,8 +176,9 @@ class TelecollecteServices:
     """
 
     sink: RemiseSink
-    pan_key: PanHmacKey
+    pan_key: PanHmacKey | None
     pool: AsyncConnectionPool | None = None
+    hsm: Any = None  # passerelle.hsm.HSM: when set, it computes the PAN HMAC
     max_window: int = 32
     max_messages: int = 9999
     clock_tolerance: timedelta = timedelta(days=31)
@@ -325,6 +331,14 @@ def _local_time(message: Message, now: datetime) -> datetime | None:
     except ValueError:
         pass  # 29 February of the wrong year, 25h61: refused below
     raise Refused("30", "fields 12/13 are not a valid local time and date", 13)
+
+
+def _acknowledge(message: Message, file: _File, number: int) -> Answer:
+    """The 0256 when this 0246 ends a window or the file, else nothing yet."""
+    if number == file.count or number - file.last_acknowledged >= file.window:
+        file.last_acknowledged = number
+        return _window_ack(message, number)
+    return None
 
 
 def _window_ack(message: Message, number: int) -> bytes:
@@ -531,13 +545,31 @@ class Telecollecte:
                           f"{received + 1}", 71)
         if number > file.count:
             raise Refused("12", f"message {number} beyond the {file.count} announced", 71)
+        if self.services.hsm is not None:
+            return self._guarded(self._hashed_transaction(message, dialogue, file, number),
+                                 message, context, dialogue)
         file.transactions.append(self._read_transaction(message, file, number))
-        if number == file.count or number - file.last_acknowledged >= file.window:
-            file.last_acknowledged = number
-            return _window_ack(message, number)
-        return None
+        return _acknowledge(message, file, number)
 
-    def _read_transaction(self, message: Message, file: _File, number: int) -> RemiseTransaction:
+    async def _hashed_transaction(self, message: Message, dialogue: _Dialogue, file: _File,
+                                  number: int) -> Answer:
+        """A 0246 whose PAN HMAC comes from the HSM."""
+        pan = message.get(2)
+        if not isinstance(pan, str) or not pan.isdigit() or not 12 <= len(pan) <= 19:
+            raise Refused("30", "field 2 is not a 12-19 digit card number", 2)
+        try:
+            found = await self.services.hsm.pan_hmac(pan)
+        except HSMError as error:
+            raise Refused("96", f"PAN HMAC not available ({type(error).__name__})") from None
+        del pan
+        if dialogue.file is not file:  # refused meanwhile: nothing to add to
+            return None
+        file.transactions.append(self._read_transaction(message, file, number,
+                                                        (found.digest, found.version)))
+        return _acknowledge(message, file, number)
+
+    def _read_transaction(self, message: Message, file: _File, number: int,
+                          hashed: tuple[bytes, int] | None = None) -> RemiseTransaction:
         fields = message.to_dict()  # one pass over the message: the hot path of a file
         processing = _required(fields, 3)
         operation = _OPERATIONS.get(processing[:2])
@@ -561,7 +593,10 @@ class Telecollecte:
         pan = _required(fields, 2)
         if not pan.isdigit() or not 12 <= len(pan) <= 19:
             raise Refused("30", "field 2 is not a 12-19 digit card number", 2)
-        digest, version = pan_hmac(self.services.pan_key, pan)
+        if hashed is None:
+            assert self.services.pan_key is not None  # gateway gives a key or an HSM
+            hashed = pan_hmac(self.services.pan_key, pan)
+        digest, version = hashed
         masked = mask_pan(pan)
         del pan, fields[2]  # from here on, only the mask and the keyed HMAC exist
         expiry = _optional(fields, 14)
