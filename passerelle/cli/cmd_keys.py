@@ -1,4 +1,4 @@
-"""`mpctl keys`: the soft backend's key store (list, generate, import, rotate).
+"""`mpctl keys`: the soft backend's key store (list, generate, import, rotate, retire).
 
 Key material is never printed: listings show names, types, versions and check values (KCV),
 which is what two operators compare during a key ceremony. The keystore and its KEK file
@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from passerelle.cli.common import database, database_options
+from passerelle.cli.common import errors as storage_errors
 from passerelle.hsm import keys as key_meta
 from passerelle.hsm.errors import (
     BadInputError,
@@ -28,6 +30,7 @@ from passerelle.hsm.errors import (
 from passerelle.hsm.keys import Algorithm, KeyInfo, KeyType
 from passerelle.hsm.keystore import create_kek
 from passerelle.hsm.soft import SoftHSM
+from passerelle.storage import queries
 
 _TYPES = click.Choice([t.value for t in KeyType])
 _ALGORITHMS = click.Choice([a.value for a in Algorithm])
@@ -118,7 +121,7 @@ def _show(infos: list[KeyInfo], as_json: bool) -> None:
 
 @click.group(name="keys")
 def command() -> None:
-    """Keys of the soft HSM backend: list, generate, import (TR-31), rotate.
+    """Keys of the soft HSM backend: list, generate, import (TR-31), rotate, retire.
 
     \b
     Examples:
@@ -128,6 +131,7 @@ def command() -> None:
       mpctl keys import kbpk --components 2 --type kbpk --algorithm aes
       mpctl keys import zpk-acq1 --kbpk kbpk D0112P0AE00E0000B826...
       mpctl keys rotate pan-hmac            new rows use version 2; searches try both
+      mpctl keys retire pan-hmac 1          once no row inside retention uses version 1
     """
 
 
@@ -226,3 +230,45 @@ def rotate(name: str, keystore: str, kek: str, as_json: bool) -> None:
     """Add a new version of NAME; older versions stay for decryption and PAN search."""
     hsm = _open(keystore, kek)
     _show([asyncio.run(hsm.rotate_key(name))], as_json)
+
+
+# Which stored rows a version of a key type protects (see storage.queries.key_version_in_use).
+_STORED_UNDER = {KeyType.PAN_HMAC: "pan-hmac", KeyType.DATA: "data"}
+
+
+@command.command()
+@click.argument("name")
+@click.argument("version", type=click.IntRange(1, 32767))
+@click.option("--retention-months", default=15, show_default=True, type=click.IntRange(1, 120),
+              help="Months of rows kept ([storage] retention_months): only those count.")
+@database_options
+@_store_options
+@storage_errors
+@_errors
+def retire(*, name: str, version: int, retention_months: int, dsn: str | None,
+           state_dir: str, keystore: str, kek: str, as_json: bool) -> None:
+    """Remove VERSION of NAME once nothing inside retention needs it.
+
+    A PAN HMAC version is refused while a transaction or an authorization inside the
+    retention window carries it (a card search must still find them); a data key version
+    while an undelivered SAF message is sealed under it. The current version is never
+    retired. Exit 1 when refused.
+    """
+    hsm = _open(keystore, kek)
+    info = asyncio.run(hsm.key_info(name))
+    if version == info.current.version:
+        raise BadInputError(f"version {version} is the current version of {name!r}; "
+                            "rotate first")
+    if version not in [v.version for v in info.versions]:
+        raise UnknownKeyError(name, version)
+    kind = _STORED_UNDER.get(info.type)
+    if kind is not None:
+        with database(dsn, state_dir) as conn:
+            in_use = queries.key_version_in_use(conn, kind, version,  # type: ignore[arg-type]
+                                                retention_months)
+        if in_use:
+            rows = ", ".join(f"{count} in {table}" for table, count in in_use.items())
+            click.echo(f"error: {name} version {version} is still used inside the "
+                       f"{retention_months}-month retention ({rows}); not retired", err=True)
+            raise click.exceptions.Exit(1)
+    _show([hsm.store.retire(name, version)], as_json)

@@ -1,14 +1,19 @@
 """`mpctl transactions`: search stored transactions with every filter, card number included.
 
 A card number is never sent to the database: it is turned into its keyed HMAC under each
-`--pan-key` version given, and the rows keep only the mask (first 6 + last 4).
+PAN HMAC key version, and the rows keep only the mask (first 6 + last 4). The versions come
+from the HSM of `--config` (the `[hsm]` table of switchd.toml: every version it still
+holds, i.e. every version still inside retention) or, without an HSM, from `--pan-key`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import tomllib
 from typing import Any
 
 import click
+import msgspec
 
 from passerelle.cli.common import (
     TRANSACTION_FILTERS,
@@ -28,12 +33,40 @@ from passerelle.cli.common import (
     take_filters,
 )
 from passerelle.storage import queries
-from passerelle.storage.filters import parse_transaction_filters
+from passerelle.storage.filters import FilterError, parse_transaction_filters
+
+
+def _hsm_digests(config: str, card: str) -> tuple[tuple[int, bytes], ...] | None:
+    """The card's digests under every version the configured HSM holds; None without
+    an [hsm] table (the --pan-key keys are used then)."""
+    try:
+        with open(config, "rb") as file:
+            table = tomllib.load(file).get("hsm")
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise FilterError("config", f"{config}: cannot read ({error})") from None
+    if not table:
+        return None
+    from passerelle.hsm import HSMError, HSMSettings, open_hsm  # noqa: PLC0415
+
+    async def digests() -> tuple[tuple[int, bytes], ...]:
+        hsm = open_hsm(msgspec.convert(table, HSMSettings))
+        try:
+            return await queries.hsm_card_digests(hsm, card)
+        finally:
+            await hsm.close()
+
+    try:
+        return asyncio.run(digests())
+    except (HSMError, msgspec.ValidationError) as error:
+        raise FilterError("config", f"[hsm]: {error}") from None
 
 
 @click.command(name="transactions")
 @filter_options(TRANSACTION_FILTERS)
 @pan_keys_option
+@click.option("--config", "config", envvar="PASSERELLE_CONFIG", metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="switchd.toml: its [hsm] computes --card digests (or PASSERELLE_CONFIG).")
 @paging_options(queries.TRANSACTION_SORTS)
 @database_options
 @errors
@@ -45,12 +78,19 @@ def command(**kwargs: Any) -> None:
       mpctl transactions --from 2026-11-20 --to 2026-11-21 --type credit
       mpctl transactions --last4 7893 --amount 12,50
       mpctl transactions --card 4970101234567893 --pan-key 1:9f86... --pan-key 2:60303...
+      mpctl transactions --card 4970101234567893 --config /etc/passerelle/switchd.toml
       mpctl transactions --application CONECS --group-by issuer --json
       mpctl transactions --result declined --response-code 51
     """
     raw = take_filters(kwargs, TRANSACTION_FILTERS)
-    keys = parse_pan_keys(kwargs["pan_keys"]) if raw.get("card_number") else []
-    filters = parse_transaction_filters(raw, keys)
+    card = raw.get("card_number")
+    digests = _hsm_digests(kwargs["config"], card) if card and kwargs["config"] else None
+    if digests is not None:
+        raw.pop("card_number")
+        filters = queries.with_card_digests(parse_transaction_filters(raw), digests)
+    else:
+        keys = parse_pan_keys(kwargs["pan_keys"]) if card else []
+        filters = parse_transaction_filters(raw, keys)
     with database(kwargs["dsn"], kwargs["state_dir"]) as conn:
         user_id = resolve_user(conn, kwargs["as_user"])
         page = queries.search(conn, filters, user_id=user_id, sort=kwargs["sort"],

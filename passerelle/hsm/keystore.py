@@ -216,3 +216,19 @@ class Keystore:
             keys.check_length(name, e.algorithm, len(value))
             e.versions.append(self._wrapped_version(name, e, e.versions[-1].version + 1, value))
         return self.info(name)
+
+    def retire(self, name: str, version: int) -> KeyInfo:
+        """Remove an old version for good (never the newest): what it protected can no
+        longer be read or searched, so the caller first checks that nothing still needs it
+        (`mpctl keys retire` asks the database)."""
+        with self._updating():
+            e = self._entry(name)
+            if version == e.versions[-1].version:
+                raise BadInputError(f"version {version} is the current version of {name!r}; "
+                                    "rotate first")
+            kept = [v for v in e.versions if v.version != version]
+            if len(kept) == len(e.versions):
+                raise UnknownKeyError(name, version)
+            e.versions = kept
+        self._cache.pop((name, version), None)
+        return self.info(name)

@@ -27,7 +27,7 @@ import binascii
 import itertools
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -36,6 +36,8 @@ from psycopg import sql
 
 from passerelle.storage.db import translate_errors
 from passerelle.storage.filters import FilterError, RemiseFilters, TransactionFilters, _Common
+from passerelle.storage.pan import luhn_valid
+from passerelle.storage.retention import add_months
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
@@ -574,3 +576,58 @@ def contract_city(conn: psycopg.Connection, contract_id: int) -> str | None:
     with translate_errors("reading a contract"):
         row = conn.execute("SELECT city FROM contracts WHERE id = %s", (contract_id,)).fetchone()
     return row[0] if row else None
+
+
+# -- PAN HMAC key versions -------------------------------------------------------------------
+async def hsm_card_digests(hsm: Any, pan: str,
+                           field: str = "card_number") -> tuple[tuple[int, bytes], ...]:
+    """The HMAC of `pan` under every PAN HMAC key version the HSM still holds (a version is
+    retired only once no row in retention uses it, so these are the versions a stored row
+    can carry). Use as `TransactionFilters.card_digests`, in place of `pan_keys`. FilterError
+    for a malformed card number; the HSM's own errors (HSMError) pass through."""
+    digits = pan.replace(" ", "")
+    if not digits.isascii() or not digits.isdigit() or not 12 <= len(digits) <= 19:
+        raise FilterError(field, "malformed card number (12 to 19 digits)")
+    if not luhn_valid(digits):
+        raise FilterError(field, "malformed card number (fails the Luhn check)")
+    digests = []
+    for version in await hsm.pan_hmac_versions():
+        found = await hsm.pan_hmac(digits, version)
+        digests.append((found.version, found.digest))
+    if not digests:
+        raise FilterError(field, "the HSM holds no PAN HMAC key to search with")
+    return tuple(digests)
+
+
+def with_card_digests(filters: TransactionFilters,
+                      digests: tuple[tuple[int, bytes], ...]) -> TransactionFilters:
+    """`filters` searching for the card whose digests are given (see `hsm_card_digests`)."""
+    return msgspec.structs.replace(filters, card_digests=digests)
+
+
+def key_version_in_use(conn: psycopg.Connection, kind: Literal["pan-hmac", "data"],
+                       version: int, keep_months: int = 15) -> dict[str, int]:
+    """Rows inside retention that need key version `version`, by table ({} when none).
+
+    A PAN HMAC version is needed by transactions and authorizations still kept (a card
+    search must find them); a data key version by SAF messages not yet delivered."""
+    cutoff = add_months(datetime.now(UTC).date(), -keep_months)  # as retention drops
+    if kind == "pan-hmac":
+        statements = {
+            "transactions": ("SELECT count(*) FROM transactions"
+                             " WHERE pan_hmac_key_version = %s AND tx_at >= %s"),
+            "authorizations": ("SELECT count(*) FROM authorizations"
+                               " WHERE pan_hmac_key_version = %s AND at >= %s"),
+        }
+        params: tuple[Any, ...] = (version, cutoff)
+    else:
+        statements = {"saf": ("SELECT count(*) FROM saf WHERE data_key_version = %s"
+                              " AND delivered_at IS NULL")}
+        params = (version,)
+    found = {}
+    with translate_errors("checking key use"):
+        for table, statement in statements.items():
+            row = conn.execute(statement, params).fetchone()
+            if row and row[0]:
+                found[table] = int(row[0])
+    return found

@@ -171,12 +171,14 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def reload(self) -> None:
-        """SIGHUP: reload TLS certificates for new connections; live ones are untouched."""
+    def reload(self) -> asyncio.Future[Any]:
+        """SIGHUP: reload TLS certificates for new connections (live ones are untouched),
+        then the hooks. The result completes when asynchronous hooks are done (tests)."""
         self.notifier.reloading()
         self.log.info("switchd.reloading")
         for listener in self.listeners.values():
             listener.reload_tls()
+        pending = []
         for hook in self.reload_hooks:
             name = getattr(hook, "__qualname__", repr(hook))
             try:
@@ -188,7 +190,9 @@ class Daemon:
                 task = asyncio.ensure_future(self._reload_async(result, name))
                 self._reloads.add(task)
                 task.add_done_callback(self._reloads.discard)
+                pending.append(task)
         self.notifier.ready()
+        return asyncio.gather(*pending)
 
     async def _reload_async(self, result: Awaitable[Any], name: str) -> None:
         try:
