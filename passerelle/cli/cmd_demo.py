@@ -1,12 +1,14 @@
-"""`mpctl demo`: the whole télécollecte path on this machine, nothing to set up.
+"""`mpctl demo`: authorizations and télécollectes on this machine, nothing to set up.
 
-Starts switchd (the real daemon, in this process) on an embedded PostgreSQL in the state
-directory, registers a fleet (merchants' contracts for CBEMV, CBCLESS, AMEX and CONECS, and
-their terminals), then lets simulated terminals collect a few days of remises over XOT and
-CBCOM/TLS, several at a time, exactly as terminals in the field would dial in. Two terminals
-misbehave on purpose: one loses its 0516 and sends the batch again (stored once), one
-declares wrong totals (stored, with the difference named). Then it says where to look, and
-stops everything (or keeps switchd up with `--serve`).
+Starts an acquirer simulator and switchd (the real daemon, in this process) on an embedded
+PostgreSQL in the state directory, with a route table sending every authorization to that
+acquirer; registers a fleet (merchants' contracts for CBEMV, CBCLESS, AMEX and CONECS, and
+their terminals). The simulated terminals first authorize a few payments each over XOT and
+CBCOM/TLS (approved, and one declined: above the simulated issuer's limit), then collect a
+few days of remises, several at a time, exactly as terminals in the field would dial in. Two
+terminals misbehave on purpose: one loses its 0516 and sends the batch again (stored once),
+one declares wrong totals (stored, with the difference named). Then it says where to look,
+and stops everything (or keeps switchd up with `--serve`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 import socket
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,8 +34,15 @@ _TRADES = ("BOULANGERIE", "PHARMACIE", "BRASSERIE", "LIBRAIRIE", "FLEURISTE", "B
 _CITIES = ("PARIS", "LYON", "NANTES", "LILLE", "BORDEAUX", "RENNES", "NICE", "DIJON")
 
 
-def _settings(state_dir: Path, pki: Any, metrics_port: int) -> dict[str, Any]:
+_DECLINE_ABOVE = 100_000  # the simulated issuer declines (51) payments above 1,000.00 EUR
+_PAYMENTS = 2  # approved payments per terminal, before its télécollecte
+
+
+def _settings(state_dir: Path, pki: Any, metrics_port: int, acquirer_port: int
+              ) -> dict[str, Any]:
     local = {"host": "127.0.0.1", "port": 0}
+    routes = state_dir / "routes.toml"
+    routes.write_text('[[route]]\nname = "demo"\nacquirers = ["demo-acquirer"]\n')
     return {
         "switchd": {"state_dir": str(state_dir), "drain_timeout": 10.0},
         "listeners": {"xot": dict(local), "cbcom": {"enabled": False},
@@ -42,7 +52,61 @@ def _settings(state_dir: Path, pki: Any, metrics_port: int) -> dict[str, Any]:
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": metrics_port},
         "logging": {"level": "info"},
         "storage": {"state_dir": str(state_dir)},
+        "routes": {
+            "path": str(routes),
+            "acquirers": [{"name": "demo-acquirer", "host": "127.0.0.1", "port": acquirer_port,
+                           "response_timeout": 2.0, "reconnect_min": 0.05,
+                           "floor_limits": [{"amount": 5000}]}],
+            "authorization": {"deadline": 5.0},
+            "authlog": {"flush_interval": 0.1},
+        },
     }
+
+
+def _payment(tpe: dict[str, Any], stan: int, amount: int, pan: str) -> bytes:
+    """A chip 0100 (CB AID) as the terminal sends it."""
+    from passerelle.codecs.iso8583 import encode  # noqa: PLC0415
+    from passerelle.codecs.profiles import get_profile  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    return encode(get_profile("cb2a"), "0100", {
+        2: pan, 3: "000000", 4: f"{amount:012d}", 11: f"{stan:06d}",
+        12: now.strftime("%H%M%S"), 13: now.strftime("%m%d"), 14: f"{now.year % 100 + 3:02d}12",
+        18: "5411", 22: "051", 25: "00", 37: f"{stan:012d}", 41: tpe["serial"],
+        42: tpe["contract"].ljust(15), 49: "978",
+        55: (("9F06", bytes.fromhex("A0000000421010")),
+             ("9F26", bytes.fromhex("93D1A69155ACA8CD")), ("9F27", b"\x80"))})
+
+
+async def _authorize(rng: random.Random, fleet: list[dict[str, Any]], listeners: list[str],
+                     dial: Any, concurrency: int) -> Counter[str]:
+    """Each terminal authorizes `_PAYMENTS` payments; the second terminal (the only one of a
+    fleet of one) also one above the issuer's limit (declined). Response codes, counted."""
+    from passerelle.codecs.iso8583 import Message  # noqa: PLC0415
+    from passerelle.codecs.profiles import get_profile  # noqa: PLC0415
+    from passerelle.sim.telecollecte import luhn_complete  # noqa: PLC0415
+
+    codes: Counter[str] = Counter()
+    gate = asyncio.Semaphore(concurrency)
+
+    plans = []  # drawn before the terminals run concurrently: the same seed, the same run
+    for index, tpe in enumerate(fleet):
+        amounts = [rng.randint(300, 9000) for _ in range(_PAYMENTS)]
+        if index == 1 or len(fleet) == 1:
+            amounts.append(_DECLINE_ABOVE + 25_000)
+        plans.append([_payment(tpe, stan, amount, luhn_complete(
+            "497010" + "".join(rng.choice("0123456789") for _ in range(9))))
+            for stan, amount in enumerate(amounts, 1)])
+
+    async def one(listener: str, requests: list[bytes]) -> None:
+        async with gate, await dial(listener) as terminal:
+            for request in requests:
+                answer = await terminal.exchange(request, 10)
+                codes[str(Message.parse(answer, get_profile("cb2a")).get(39))] += 1
+
+    await asyncio.gather(*(one(listener, requests)
+                           for listener, requests in zip(listeners, plans, strict=True)))
+    return codes
 
 
 def _port_free(port: int) -> bool:
@@ -97,6 +161,15 @@ def _register_fleet(dsn: str, fleet: list[dict[str, Any]]) -> None:
         conn.commit()
 
 
+def _auth_summary(dsn: str, since: datetime) -> list[tuple[Any, ...]]:
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT response_code, count(*), sum(amount) FROM authorizations WHERE at >= %s"
+            " GROUP BY response_code ORDER BY response_code", (since,)).fetchall()
+
+
 def _summary(dsn: str, since: datetime) -> list[tuple[Any, ...]]:
     import psycopg  # noqa: PLC0415
 
@@ -111,6 +184,7 @@ def _summary(dsn: str, since: datetime) -> list[tuple[Any, ...]]:
 async def _run(state_dir: Path, *, terminals: int, days: int, applications: tuple[str, ...],
                concurrency: int, seed: int, metrics_port: int, serve: bool) -> int:
     from passerelle.config import parse_config  # noqa: PLC0415
+    from passerelle.sim.acquirer import AcquirerSimulator, Rules  # noqa: PLC0415
     from passerelle.sim.pki import make_pki  # noqa: PLC0415
     from passerelle.sim.telecollecte import (  # noqa: PLC0415
         Faults,
@@ -118,16 +192,24 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
         generate_batches,
         telecollecte,
     )
+    from passerelle.sim.terminal import Terminal  # noqa: PLC0415
     from passerelle.switchd.gateway import Gateway, TelecollecteSettings  # noqa: PLC0415
 
     pki = make_pki(state_dir / "pki")
     if metrics_port and not _port_free(metrics_port):
         click.echo(f"port {metrics_port} is taken (a switchd running?): metrics on a free port")
         metrics_port = 0
-    gateway = Gateway(parse_config(_settings(state_dir, pki, metrics_port)),
+    acquirer = AcquirerSimulator("iso93-binary", rules=Rules(decline_above=_DECLINE_ABOVE))
+    await acquirer.start()
+    gateway = Gateway(parse_config(_settings(state_dir, pki, metrics_port, acquirer.port)),
                       TelecollecteSettings(replay_interval=1.0))
-    click.echo(f"starting switchd and the embedded PostgreSQL in {state_dir}/pgdata ...")
-    await gateway.start()
+    click.echo(f"starting the acquirer simulator (port {acquirer.port}), switchd and the "
+               f"embedded PostgreSQL in {state_dir}/pgdata ...")
+    try:
+        await gateway.start()
+    except BaseException:
+        await acquirer.stop()
+        raise
     started = datetime.now(UTC)
     try:
         daemon, storage = gateway.daemon, gateway.storage
@@ -143,17 +225,33 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
         # Remise numbers follow the calendar, so a demo run on another day adds new remises
         # and a second run on the same day repeats them (acknowledged again, stored once).
         first = (datetime.now(UTC) - timedelta(days=days - 1)).timetuple().tm_yday
+        tls = pki.client_context()
+        listeners = ["xot" if index % 2 == 0 else "cbcom-tls" for index in range(len(fleet))]
+        assert gateway.auth is not None
+        await gateway.auth.links["demo-acquirer"].wait_up(10.0)
+
+        async def transactional(listener: str) -> Any:
+            if listener == "xot":
+                return await Terminal.dial_xot("127.0.0.1", ports["xot"])
+            return await Terminal.dial_cbcom("127.0.0.1", ports[listener], tls=tls)
+
+        t0 = time.monotonic()
+        codes = await _authorize(random.Random(seed + 1), fleet,  # noqa: S311 - made-up
+                                 listeners, transactional, concurrency)
+        declined = sum(n for code, n in codes.items() if code != "00")
+        click.echo(f"{sum(codes.values())} authorizations in {time.monotonic() - t0:.1f} s "
+                   f"through the acquirer simulator: {codes['00']} approved, {declined} "
+                   f"declined ({', '.join(f'{c} x{n}' for c, n in sorted(codes.items()))})")
         work = []
         for index, tpe in enumerate(fleet):
             batches = [b for app in tpe["applications"] for b in generate_batches(
                 rng, tpe["serial"], tpe["contract"], app, days=days, first_remise=first)]
-            listener = "xot" if index % 2 == 0 else "cbcom-tls"
+            listener = listeners[index]
             faults = Faults(lose_0516=1 if index == 2 else 0, wrong_totals=index == 4)
             work.append((tpe, batches, listener, faults))
         total = sum(len(batches) for _, batches, _, _ in work)
         click.echo(f"{terminals} terminals, {total} remises over XOT (port {ports['xot']})"
                    f" and CBCOM/TLS (port {ports['cbcom-tls']}), {concurrency} at a time")
-        tls = pki.client_context()
         gate = asyncio.Semaphore(concurrency)
         outcomes: list[Any] = []
         t0 = time.monotonic()
@@ -187,7 +285,15 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
             click.echo(f"  {result.batch.terminal} {result.batch.application} remise "
                        f"{result.batch.remise_number}: {result.refused_by} {result.code}")
         await storage.replay_now()
-        rows = await asyncio.to_thread(_summary, storage.dsn, started - timedelta(seconds=1))
+        assert gateway.auth.authlog is not None
+        await gateway.auth.authlog.flush()
+        since = started - timedelta(seconds=1)
+        logged = await asyncio.to_thread(_auth_summary, storage.dsn, since)
+        click.echo("\nauthorizations logged in PostgreSQL by this run:")
+        click.echo(f"  {'response code':<14}{'count':>8}{'EUR':>14}")
+        for code, count, total in logged:
+            click.echo(f"  {code:<14}{count:>8}{(total or 0) / 100:>14.2f}")
+        rows = await asyncio.to_thread(_summary, storage.dsn, since)
         click.echo("\nstored in PostgreSQL by this run:")
         if rows:
             click.echo(f"  {'application':<12}{'remises':>8}{'transactions':>14}"
@@ -205,8 +311,9 @@ async def _run(state_dir: Path, *, terminals: int, days: int, applications: tupl
                 await asyncio.Event().wait()
         return 0 if not failed else 1
     finally:
-        click.echo("stopping switchd and the embedded PostgreSQL ...")
+        click.echo("stopping switchd, the acquirer simulator and the embedded PostgreSQL ...")
         await gateway.stop()
+        await acquirer.stop()
 
 
 def _where_to_look(state_dir: Path, metrics_url: str | None, serve: bool,
@@ -230,8 +337,8 @@ def _where_to_look(state_dir: Path, metrics_url: str | None, serve: bool,
     if metrics_url:
         when = "now" if serve else "while switchd runs (mpctl demo --serve keeps it up)"
         click.echo(f"  metrics {when}: {metrics_url}")
-        click.echo("    telecollecte_remises_total, telecollecte_transactions_total, "
-                   "switchd_messages_total, switchd_sessions_open")
+        click.echo("    telecollecte_remises_total, passerelle_authorizations_total, "
+                   "passerelle_acquirer_latency_seconds, switchd_messages_total")
 
 
 @click.command(name="demo")
@@ -254,7 +361,7 @@ def _where_to_look(state_dir: Path, metrics_url: str | None, serve: bool,
 def command(state_dir: Path, terminals: int, days: int,  # noqa: PLR0917 - click options
             applications: str, concurrency: int, seed: int, metrics_port: int,
             serve: bool) -> None:
-    """Run switchd on an embedded database and let simulated terminals collect remises.
+    """Run switchd on an embedded database; simulated terminals authorize and collect.
 
     \b
     Examples:

@@ -1,4 +1,5 @@
-"""`mpctl demo` end to end, as the README's first command runs it (a tiny fleet)."""
+"""`mpctl demo` end to end, as the README's first command runs it (a tiny fleet):
+authorizations through the acquirer simulator, then télécollectes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from passerelle.storage.embedded import EmbeddedPostgres
 from tests.integration.telecollecte_helpers import card_numbers_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -31,6 +34,9 @@ def test_mpctl_demo_collects_remises_on_the_embedded_database_and_stops(tmp_path
     assert sum(int(t) for _, _, t in stored) == int(match[2])
     assert "metrics" in out and "mpctl" in out and "db retention" in out
     assert "stopping switchd" in out
+    # Authorizations first: every terminal's payments approved, one declined (51).
+    auths = re.search(r"(\d+) authorizations in .* (\d+) approved, 1 declined", out)
+    assert auths and int(auths[1]) == int(auths[2]) + 1 == 5 * 2 + 1, out
     # Everything stopped: no postmaster left on the demo's data directory.
     assert not (state / "pgdata" / "postmaster.pid").exists()
     log = (state / "switchd.log").read_text()
@@ -43,3 +49,15 @@ def test_mpctl_demo_collects_remises_on_the_embedded_database_and_stops(tmp_path
         capture_output=True, text=True, timeout=120, check=False)
     assert remises.returncode == 0, remises.stderr
     assert "TPE00001" in remises.stdout
+    # Every authorization is in the `authorizations` table, masked and HMACed.
+    server = EmbeddedPostgres(state)
+    try:
+        with psycopg.connect(server.start()) as conn:
+            rows = conn.execute(
+                "SELECT response_code, acquirer, pan_masked, pan_hmac IS NOT NULL"
+                " FROM authorizations").fetchall()
+    finally:
+        server.stop()
+    assert sorted(code for code, *_ in rows) == ["00"] * 10 + ["51"]
+    assert {acquirer for _, acquirer, _, _ in rows} == {"demo-acquirer"}
+    assert all("*" in masked and hashed for _, _, masked, hashed in rows)
