@@ -49,7 +49,9 @@ __all__ = [
     "accept",
     "connect",
     "data",
+    "data_apdu",
     "decode",
+    "encode_data",
 ]
 
 # --- PGI ---------------------------------------------------------------------------------
@@ -222,6 +224,43 @@ class Ipdu:
         if self.apdu and self.param(PI07_APDU_LENGTH) is None:
             raise CbcomError("an APDU needs PI07", CODE_MISSING_PI)
         return bytes((self.pgi, len(body))) + bytes(body) + self.apdu
+
+
+# --- DE fast path ---------------------------------------------------------------------
+# Nearly every IPDU of a session is a DE whose only parameter is PI07, and every DE we send
+# has a fixed head: these two functions handle them without building an `Ipdu`. Anything
+# else goes through `decode`, which also says precisely what is wrong.
+
+_DE_HEAD: Final = bytes((DE, 2 + PI07_WIDTH, PI07_APDU_LENGTH, PI07_WIDTH))
+_DE_RESPONSE_HEAD: Final = bytes((DE, 5 + PI07_WIDTH, PI01_RETURN_CODE, 1, CODE_OK,
+                                  PI07_APDU_LENGTH, PI07_WIDTH))
+_DE_MAX_APDU: Final = (1 << (8 * PI07_WIDTH)) - 1
+
+
+def data_apdu(ipdu: bytes) -> bytes | None:
+    """The APDU of a valid DE whose only parameter is PI07 (1 to 4 bytes), else None.
+
+    None does not mean invalid: the caller then runs `decode`, which accepts the other
+    valid forms (PI01, timers) and raises the precise error for the invalid ones.
+    """
+    if len(ipdu) < 5 or ipdu[0] != DE or ipdu[2] != PI07_APDU_LENGTH:
+        return None
+    width = ipdu[3]
+    end = 4 + width
+    if ipdu[1] != 2 + width or not 1 <= width <= 4:
+        return None
+    if int.from_bytes(ipdu[4:end], "big") != len(ipdu) - end:
+        return None
+    return ipdu[end:]
+
+
+def encode_data(apdu: bytes | bytearray | memoryview, *, response: bool = False) -> bytes:
+    """The bytes of `data(apdu, response=response)`, built without the `Ipdu` object."""
+    size = len(apdu)
+    if size > _DE_MAX_APDU:
+        raise CbcomError(f"APDU of {size} bytes too long for PI07", CODE_APDU_LENGTH)
+    head = _DE_RESPONSE_HEAD if response else _DE_HEAD
+    return b"".join((head, size.to_bytes(PI07_WIDTH, "big"), apdu))
 
 
 def decode(ipdu: bytes | bytearray | memoryview, max_apdu: int | None = None) -> Ipdu:

@@ -72,9 +72,15 @@ class LengthPrefixFramer:
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add bytes from the stream; return the frames they complete, in order."""
         buf = self._buf
+        hs = self.header_size
+        if not buf and data.__class__ is bytes and len(data) > hs:
+            # The usual chunk: exactly one whole frame, nothing buffered. No copy into
+            # the buffer and out again.
+            length = int.from_bytes(data[:hs], "big")
+            if length == len(data) - hs and length <= self.max_frame:
+                return [data[hs:]]
         buf += data
         frames: list[bytes] = []
-        hs = self.header_size
         pos = 0
         end = len(buf)
         while end - pos >= hs:

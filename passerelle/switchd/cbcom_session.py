@@ -82,8 +82,8 @@ class CbcomConfig:
     """Timers (seconds), what we accept in CN, and bounds."""
 
     tgr: float = 30.0  # server: a DE must be answered within TGR
-    tsi: int = 780  # server: inactivity, unless CN negotiates PI17
-    tnr: int = 60  # client: wait for AC / for the answer to a DE, unless AC says otherwise
+    tsi: float = 780.0  # server: inactivity, unless CN negotiates PI17
+    tnr: float = 60.0  # client: wait for AC / for the answer to a DE, unless AC says otherwise
     cn_timeout: float = 30.0  # server: the CN must come within this after the connection
     tsi_range: tuple[int, int] = (1, 3600)  # PI17 values a server accepts
     tnr_range: tuple[int, int] = (1, 3600)  # PI16
@@ -141,6 +141,7 @@ class CbcomSession:
         "_framer",
         "_out",
         "_pending",
+        "_serving",
         "config",
         "protocol",
         "role",
@@ -160,7 +161,8 @@ class CbcomSession:
         self._pending = 0  # DEs received (server) or sent (client) and not yet answered
         self.protocol: ProtocolId | None = None
         self.tnr: int | None = None
-        self.tsi: int = cfg.tsi
+        self.tsi: float = cfg.tsi
+        self._serving = False  # server and CONNECTED: DEs take the fast path
         self.tma: int | None = None
         if role is Role.SERVER:
             self.state = State.WAIT_CN
@@ -245,17 +247,28 @@ class CbcomSession:
         """Send one APDU in a DE. Server: answers the oldest unanswered DE (PI01 = 0), or
         is unsolicited if none is pending. Client: a request, timed by TNR.
         Dropped silently once the session is closed; an error before it is open."""
+        if self._serving:  # the usual case, inlined: an answer to a DE, then TGR or TSI
+            if self._pending:
+                self._out.append(cbcom.encode_data(apdu, response=True))
+                self._pending -= 1
+            else:
+                self._out.append(cbcom.encode_data(apdu))
+            if self._pending:
+                self._deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
+            else:
+                self._deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
+            return
         if self.state is State.CLOSED:
             return
         if self.state is not State.CONNECTED:
             raise SessionStateError(f"send_message() in state {self.state.value}")
         if self.role is Role.SERVER:
             response = self._pending > 0
-            self._send(cbcom.data(apdu, response=response))
+            self._out.append(cbcom.encode_data(apdu, response=response))
             if response:
                 self._pending -= 1
         else:
-            self._send(cbcom.data(apdu))
+            self._out.append(cbcom.encode_data(apdu))
             self._pending += 1
         self._idle_timer(now)
 
@@ -271,6 +284,7 @@ class CbcomSession:
 
     def _close(self, code: int | None, by_peer: bool, reason: str) -> list[Event]:
         self.state = State.CLOSED
+        self._serving = False
         self._deadline = None
         self._pending = 0
         return [Aborted(code, by_peer, reason)]
@@ -294,10 +308,28 @@ class CbcomSession:
                 break
         return events
 
+    def receive_data_apdu(self, raw: bytes, now: float) -> bytes | None:
+        """The fast path of `receive_ipdu` for the commonest IPDU: a server's DE carrying
+        only PI07. Returns its APDU (the `Message` event `receive_ipdu` would return), or
+        None, having done nothing: the caller then feeds the IPDU to `receive_ipdu`."""
+        if not self._serving:
+            return None
+        apdu = cbcom.data_apdu(raw)
+        if apdu is not None:
+            self._pending += 1
+            if self._pending == 1:
+                self._deadline = now + self.config.tgr  # TGR from the oldest unanswered DE
+                self._deadline_code = cbcom.CODE_TGR_EXPIRED
+        return apdu
+
     def receive_ipdu(self, raw: bytes | bytearray | memoryview, now: float) -> list[Event]:
         """Feed one whole IPDU (an X.25 message, or a frame); returns the events."""
         if self.state is State.CLOSED:
             return []
+        if self._serving:
+            apdu = self.receive_data_apdu(raw if raw.__class__ is bytes else bytes(raw), now)
+            if apdu is not None:
+                return [Message(apdu)]
         try:
             ipdu = cbcom.decode(raw)
         except CbcomError as exc:
@@ -355,6 +387,7 @@ class CbcomSession:
         if tsi is not None:
             self.tsi = tsi
         self.state = State.CONNECTED
+        self._serving = True
         self._idle_timer(now)
         return [Connected(protocol, tnr, tsi, tma, cn)]
 

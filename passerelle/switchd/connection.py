@@ -37,8 +37,8 @@ class Connection(asyncio.Protocol):
     """One TCP connection of a terminal (or test tool) on one listener."""
 
     __slots__ = (
-        "_inflight", "_proxy_buf", "_queue", "_reading_paused", "_writing_paused", "closed",
-        "closing", "context", "deadline", "handshake_deadline", "listener", "log", "peer",
+        "_handle", "_inflight", "_proxy_buf", "_queue", "_reading_paused", "_writing_paused",
+        "closed", "closing", "context", "deadline", "handshake_deadline", "listener", "log", "peer",
         "reason", "stack", "tls", "transport",
     )
 
@@ -52,6 +52,7 @@ class Connection(asyncio.Protocol):
         self._proxy_buf: bytearray | None = None
         self.context: SessionContext | None = None
         self._inflight: asyncio.Future[Any] | None = None
+        self._handle = listener.daemon.dispatcher.handle  # looked up once, not per message
         self._queue: deque[bytes] = deque()
         self._reading_paused = False
         self._writing_paused = False
@@ -295,7 +296,7 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, payload: bytes) -> None:
         assert self.context is not None and self.stack is not None
         try:
-            answer = self.listener.daemon.dispatcher.handle(payload, self.context)
+            answer = self._handle(payload, self.context)
         except Exception:
             self.listener.daemon.metrics.error("dialogue", "internal")
             self.log.exception("dialogue.failed")

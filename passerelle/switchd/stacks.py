@@ -165,16 +165,24 @@ class CbcomStack(_CbcomUser):
             self.metrics.error("framing", "too_long")
             self._after(self.session.abort(cbcom.CODE_APDU_LENGTH, str(error)))
             return
+        if not frames:
+            return
+        session, deliver = self.session, self.conn.deliver
+        done = 0
         self._receiving = True
         try:
             for frame in frames:
-                self.metrics.frame("cbcom", "in")
-                if self._session_events(self.session.receive_ipdu(frame, now)):
+                done += 1
+                apdu = session.receive_data_apdu(frame, now)  # a DE: no event objects
+                if apdu is not None:
+                    deliver(apdu)
+                elif self._session_events(session.receive_ipdu(frame, now)):
                     self._flush()
                     self.conn.close("cbcom session over")
                     return
         finally:
             self._receiving = False
+            self.metrics.frame("cbcom", "in", done)
         self._flush()
 
     def _after(self, events: list[cs.Event]) -> None:
@@ -185,8 +193,13 @@ class CbcomStack(_CbcomUser):
 
     def _flush(self) -> None:
         ipdus = self.session.ipdus_to_send()
-        if ipdus:
-            self.metrics.frame("cbcom", "out", len(ipdus))
+        if not ipdus:
+            return
+        self.metrics.frame("cbcom", "out", len(ipdus))
+        if len(ipdus) == 1:  # the usual answer: one DE
+            ipdu = ipdus[0]
+            self.conn.write(len(ipdu).to_bytes(4, "big") + ipdu)
+        else:
             self.conn.write(b"".join([frame4(ipdu) for ipdu in ipdus]))
 
     def _connected(self, mode: str) -> None:
@@ -199,7 +212,8 @@ class CbcomStack(_CbcomUser):
             self._flush()
 
     def deadline(self) -> float:
-        return self._session_deadline()
+        deadline = self.session.next_deadline()
+        return math.inf if deadline is None else deadline
 
     def tick(self, now: float) -> None:
         self._after(self.session.tick(now))
