@@ -54,30 +54,22 @@ class Message:
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview, profile: Profile) -> Message:
         """Locate every field of `data`; convert nothing. Raises `CodecError`."""
-        if type(data) is not bytes:
+        if data.__class__ is not bytes:
             data = bytes(data)
-        if profile.mti_bcd:
-            mti, header = data[:2].hex(), 2
-        else:
-            try:
-                mti = data[:4].decode(profile.mti_encoding)
-            except UnicodeDecodeError:
-                mti = ""
-            header = 4
-        bitmap_size = 16 if profile.bitmap_hex else 8
-        key = data[header : header + bitmap_size]
-        if key and (key[0] >= 0x38 if profile.bitmap_hex else key[0] & 0x80):
-            key = data[header : header + 2 * bitmap_size]
-        layout = profile.layouts.get(key)
-        if layout is None and len(key) in (8, 16, 32) and mti.isascii() and mti.isdigit() \
-                and len(mti) == 4:
-            layout = _compile(profile, key, header)
-        valid_mti = mti.isascii() and mti.isdigit()
-        anchors = layout.walk(data) if layout is not None and valid_mti else None
+        # The MTI and bitmap(s) as they are on the wire select a compiled head: the MTI
+        # already decoded and the bitmap's layout, so a known head costs one dict lookup.
+        header = profile.mti_size
+        second = len(data) > header and (
+            data[header] >= 0x38 if profile.bitmap_hex else data[header] & 0x80)
+        key = data[: header + (profile.bitmap_size << 1 if second else profile.bitmap_size)]
+        head = profile.heads.get(key)
+        if head is None:
+            head = _head(profile, data, key)
+        anchors = head[1].walk(data) if head is not None else None
         if anchors is None:
             _parse_slowly(data, profile)  # raises the precise CodecError
             raise CodecError(None, 0, "inconsistent message")  # pragma: no cover
-        return cls(profile, mti, data, layout, anchors)  # type: ignore[arg-type]
+        return cls(profile, head[0], data, head[1], anchors)  # type: ignore[index]
 
     def __contains__(self, number: object) -> bool:
         return number in self._layout.where
@@ -123,32 +115,30 @@ class Message:
 
         `changes` maps a field to its new value, or to None to leave the field out.
         """
-        changes = changes or {}
-        layout = self._layout
-        keys = tuple(changes)
-        recipe = layout.recipes.get(keys)
+        if changes is None:
+            changes = {}
+        layout, profile = self._layout, self.profile
+        recipe = layout.recipes.get(tuple(changes))
         if recipe is None:
-            for number in keys:
-                _spec(self.profile, number)
-            recipe = Recipe(layout, keys)
-            if len(layout.recipes) < 64:
-                layout.recipes[keys] = recipe
-        anchors, encoders = self._anchors, self.profile.encoders
-        view = memoryview(self._data)
+            recipe = _recipe(profile, layout, tuple(changes))
+        mti_wire = profile.mti_wire.get(mti)
+        if mti_wire is None:
+            mti_wire = _mti_bytes(profile, mti)
+        data, anchors, encoders = self._data, self._anchors, profile.encoders
         bits = recipe.bits
-        parts: list[bytes | memoryview] = [b"", b""]
+        parts: list[bytes] = [mti_wire, recipe.bitmap]
         for segment in recipe.segments:
             if segment.__class__ is int:
-                value = changes[segment]
+                value = changes[segment]  # type: ignore[index]
                 if value is None:
-                    bits &= ~(1 << (128 - segment))
+                    bits &= ~(1 << (128 - segment))  # type: ignore[operator]
                 else:
-                    parts.append(encoders[segment](value))  # type: ignore[misc]
+                    parts.append(encoders[segment](value))  # type: ignore[index,misc]
             else:
-                first, first_delta, last, last_delta = segment
-                parts.append(view[anchors[first] + first_delta : anchors[last] + last_delta])
-        parts[0] = _mti_bytes(self.profile, mti)
-        parts[1] = _bitmap_bytes(self.profile, bits)
+                first, first_delta, last, last_delta = segment  # type: ignore[misc]
+                parts.append(data[anchors[first] + first_delta : anchors[last] + last_delta])
+        if bits != recipe.bits:  # fields left out: another bitmap
+            parts[1] = _bitmap_bytes(profile, bits)
         return b"".join(parts)
 
     # -- display -------------------------------------------------------------------------
@@ -211,7 +201,19 @@ def encode_field(spec: FieldSpec, value: Value) -> bytes:
 def _mti_bytes(profile: Profile, mti: str) -> bytes:
     if len(mti) != 4 or not (mti.isascii() and mti.isdigit()):
         raise CodecError(None, 0, "the MTI must be 4 decimal digits")
-    return bytes.fromhex(mti) if profile.mti_bcd else mti.encode(profile.mti_encoding)
+    wire = bytes.fromhex(mti) if profile.mti_bcd else mti.encode(profile.mti_encoding)
+    if len(profile.mti_wire) < MAX_CACHED_LAYOUTS:
+        profile.mti_wire[mti] = wire
+    return wire
+
+
+def _recipe(profile: Profile, layout: Layout, keys: tuple[int, ...]) -> Recipe:
+    for number in keys:
+        _spec(profile, number)
+    recipe = Recipe(layout, keys, _bitmap_bytes(profile, layout.bits_with(keys)))
+    if len(layout.recipes) < 64:
+        layout.recipes[keys] = recipe
+    return recipe
 
 
 def _bitmap_bytes(profile: Profile, bits: int) -> bytes:
@@ -245,6 +247,33 @@ def _numbers(bitmap: bytes) -> list[int]:
         base = index << 3
         numbers.extend(base + bit for bit in _BITS[byte] if base + bit != 1)
     return numbers
+
+
+def _head(profile: Profile, data: bytes, key: bytes) -> tuple[str, Layout] | None:
+    """The MTI and layout that `key` (MTI + bitmaps as on the wire) stands for, or None
+    when either is not valid (the careful parser then says why)."""
+    header = profile.mti_size
+    if profile.mti_bcd:
+        mti = data[:2].hex()
+    else:
+        try:
+            mti = data[:4].decode(profile.mti_encoding)
+        except UnicodeDecodeError:
+            return None
+    if not (mti.isascii() and mti.isdigit()):
+        return None
+    bitmap_key = key[header:]
+    layout = profile.layouts.get(bitmap_key)
+    if layout is None:
+        if len(mti) != 4 or len(bitmap_key) not in (8, 16, 32):
+            return None
+        layout = _compile(profile, bitmap_key, header)
+        if layout is None:
+            return None
+    head = (mti, layout)
+    if len(profile.heads) < MAX_CACHED_LAYOUTS:
+        profile.heads[key] = head
+    return head
 
 
 def _compile(profile: Profile, key: bytes, header: int) -> Layout | None:

@@ -34,7 +34,8 @@ class Layout:
     """Where each field of one bitmap sits, as anchors + constants."""
 
     __slots__ = (
-        "bits", "entries", "header", "numbers", "recipes", "runs", "steps", "tail", "where",
+        "bin1_steps", "bits", "entries", "header", "numbers", "recipes", "runs", "steps", "tail",
+        "where",
     )
 
     def __init__(self, specs: tuple[FieldSpec | None, ...], numbers: Iterable[int], header: int,
@@ -69,6 +70,8 @@ class Layout:
             where[number] = entry
             entries.append((number, *entry, plain_converters[number]))
         self.steps = tuple(steps)
+        self.bin1_steps = (tuple((step[0], step[4], step[3]) for step in steps)
+                           if all(step[2] == _BIN1 for step in steps) else None)
         self.runs = _group_runs(specs, entries)
         self.tail = delta
         self.where = where
@@ -81,6 +84,18 @@ class Layout:
         runs the slow, precise parser to say what)."""
         pos = self.header
         anchors = [pos]
+        if self.bin1_steps is not None:  # CB2A: every prefix is one binary byte
+            try:
+                for delta, max_len, half in self.bin1_steps:
+                    start = pos + delta
+                    units = data[start]
+                    if units > max_len:
+                        return None
+                    pos = start + 1 + ((units + 1) >> 1 if half else units)
+                    anchors.append(pos)
+            except IndexError:
+                return None
+            return anchors if pos + self.tail == len(data) else None
         try:
             for delta, prefix_size, kind, half, max_len, spec in self.steps:
                 start = pos + delta
@@ -138,6 +153,13 @@ class Layout:
     def _one(self, data: bytes, anchors: list[int], number: int, convert: Converter) -> Any:
         start, body, end = self.span(anchors, number)
         return convert(data, start, body, end)
+
+    def bits_with(self, numbers: Iterable[int]) -> int:
+        """This layout's bitmap as an integer (field 1 = bit 127), plus `numbers`."""
+        bits = self.bits
+        for number in numbers:
+            bits |= 1 << (128 - number)
+        return bits
 
     def span(self, anchors: list[int], number: int) -> tuple[int, int, int]:
         anchor, delta, fixed, prefix_size, _ = self.where[number]
@@ -220,9 +242,9 @@ class Recipe:
     """How to build an answer from a message of one layout, for one set of changed fields:
     runs of untouched fields are copied as one slice each, changed fields are encoded."""
 
-    __slots__ = ("bits", "segments")
+    __slots__ = ("bitmap", "bits", "segments")
 
-    def __init__(self, layout: Layout, changed: tuple[int, ...]) -> None:
+    def __init__(self, layout: Layout, changed: tuple[int, ...], bitmap: bytes) -> None:
         changed_set = set(changed)
         numbers = sorted(set(layout.numbers) | changed_set)
         segments: list[Any] = []
@@ -246,6 +268,7 @@ class Recipe:
         flush()
         self.segments = tuple(segments)
         self.bits = bits
+        self.bitmap = bitmap  # the wire bitmap of `bits`: no field left out
 
 
 def read_units(data: bytes, start: int, body: int, spec: FieldSpec) -> int:
@@ -376,6 +399,9 @@ def make_encoder(spec: FieldSpec) -> Encoder:
     number, data_enc = spec.number, spec.data
     prefix = _prefix_writer(spec)
     max_len = spec.max_len
+    if prefix is None and spec.sub is None and data_enc in (Data.ASCII, Data.EBCDIC) \
+            and spec.kind not in (Kind.N, Kind.Z):
+        return _fixed_text_encoder(number, data_enc.value, max_len)
 
     if data_enc is Data.BCD:
         half = spec.count_digits or not spec.var
@@ -443,6 +469,24 @@ def make_encoder(spec: FieldSpec) -> Encoder:
         return prefix(units) + body
 
     return encode_variable
+
+
+def _fixed_text_encoder(number: int, encoding: str, max_len: int) -> Encoder:
+    """The commonest encoder (fixed an/ans: 39, 41, 42...) in one call, same errors."""
+
+    def encode_fixed_text(value: Any) -> bytes:
+        if value.__class__ is not str:
+            raise CodecError(number, 0, f"expects text, got {type(value).__name__}")
+        try:
+            raw = value.encode(encoding)
+        except UnicodeEncodeError:
+            reason = f"holds characters that {encoding} cannot encode"
+            raise CodecError(number, 0, reason) from None
+        if len(raw) != max_len:
+            raise CodecError(number, 0, f"fixed length {max_len}, got {len(raw)}")
+        return raw  # type: ignore[no-any-return]
+
+    return encode_fixed_text
 
 
 def _prefix_writer(spec: FieldSpec) -> Callable[[int], bytes] | None:

@@ -28,6 +28,9 @@ class Profile:
     plain_converters: tuple[Converter | None, ...] = field(init=False, repr=False, compare=False)
     encoders: tuple[Encoder | None, ...] = field(init=False, repr=False, compare=False)
     layouts: dict[bytes, Layout] = field(init=False, repr=False, compare=False)
+    # MTI + bitmap(s) as received -> (MTI, layout); MTI -> its wire bytes. Both bounded.
+    heads: dict[bytes, tuple[str, Layout]] = field(init=False, repr=False, compare=False)
+    mti_wire: dict[str, bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -36,6 +39,8 @@ class Profile:
         set_(self, "plain_converters", plain)
         set_(self, "encoders", tuple(s and make_encoder(s) for s in self.specs))
         set_(self, "layouts", {})
+        set_(self, "heads", {})
+        set_(self, "mti_wire", {})
 
     @classmethod
     def build(
@@ -52,6 +57,11 @@ class Profile:
     @property
     def mti_size(self) -> int:
         return 2 if self.mti_bcd else 4
+
+    @property
+    def bitmap_size(self) -> int:
+        """Bytes of one bitmap on the wire."""
+        return 16 if self.bitmap_hex else 8
 
     def layout(self, numbers: Iterable[int], header: int) -> Layout:
         return Layout(self.specs, numbers, header, self.converters, self.plain_converters)
