@@ -6,6 +6,7 @@ re-enciphered TPK -> ZPK and acquirer messages MACed (a bad MAC counts as no ans
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +20,12 @@ from passerelle.cli.main import cli
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.config import parse_config
 from passerelle.hsm import Algorithm, KeyType, MacAlgorithm, engine, pinblock
+from passerelle.hsm.engine import ClearKey
+from passerelle.hsm.errors import UnknownKeyError
 from passerelle.hsm.keystore import create_kek
 from passerelle.hsm.soft import SoftHSM
 from passerelle.sim.acquirer import AcquirerSimulator
+from passerelle.sim.payshield import PayShieldSimulator
 from passerelle.sim.telecollecte import dial, generate_batches, telecollecte
 from passerelle.sim.terminal import Terminal
 from passerelle.storage import queries
@@ -47,10 +51,10 @@ class MacAcquirer(AcquirerSimulator):
     """An acquirer host that checks our MACs and PIN blocks with its own copies of the
     keys, and MACs its answers (or sends a wrong MAC, `bad_mac`)."""
 
-    def __init__(self, store: Any, *, bad_mac: bool = False, **kwargs: Any) -> None:
+    def __init__(self, keys: Any, *, bad_mac: bool = False, **kwargs: Any) -> None:
         super().__init__("iso93-binary", **kwargs)
-        self.mak = store.get("mak")
-        self.zpk = store.get("zpk")
+        self.mak = keys["mak"]  # ClearKey
+        self.zpk = keys["zpk"]
         self.bad_mac = bad_mac
         self.macs_valid: list[bool] = []
         self.pins: list[str] = []
@@ -87,10 +91,10 @@ async def make_keys(directory: Path) -> tuple[Path, Path, SoftHSM]:
     return keystore, kek, hsm
 
 
-def pin_request(hsm: SoftHSM, stan: int) -> bytes:
+def pin_request(tpk: bytes, stan: int) -> bytes:
     """A chip 0100 with the PIN enciphered under the terminals' TPK (format 0)."""
     request = Message.parse(auth_request(stan=stan, amount=2500), CB2A)
-    block = pinblock.encipher(hsm.store.get("tpk").value, pinblock.encode(PIN, PAN, 0), PAN, 0)
+    block = pinblock.encipher(tpk, pinblock.encode(PIN, PAN, 0), PAN, 0)
     values = request.to_dict()
     values[52] = block
     return encode(CB2A, "0100", values)
@@ -125,8 +129,9 @@ def test_gateway_with_a_soft_hsm(tmp_path: Path, db_dsn: str) -> None:
     secured = {"pin_key": "zpk", "mac_key": "mak"}
 
     async def scenario() -> tuple[bytes, bytes]:
-        good = MacAcquirer(keys.store)
-        bad = MacAcquirer(keys.store, bad_mac=True, first_approval=700001)
+        clear = {name: keys.store.get(name) for name in ("mak", "zpk")}
+        good = MacAcquirer(clear)
+        bad = MacAcquirer(clear, bad_mac=True, first_approval=700001)
         for sim in (good, bad):
             await sim.start()
         raw = settings(db_dsn, tmp_path / "state", keystore=keystore, kek=kek, routes=routes,
@@ -140,7 +145,7 @@ def test_gateway_with_a_soft_hsm(tmp_path: Path, db_dsn: str) -> None:
                 assert await link.wait_up(5.0)
             port = gateway.daemon.listeners["cbcom"].port
             async with await Terminal.dial_cbcom("127.0.0.1", port) as tpe:
-                answer = answer_of(await tpe.exchange(pin_request(keys, 1)))
+                answer = answer_of(await tpe.exchange(pin_request(keys.store.get("tpk").value, 1)))
             # acq-bad's answer had a bad MAC: no answer, a reversal queued, acq-good decided.
             assert (answer.get(39), answer.get(38)) == ("00", "100001")
             assert bad.pins == [PIN] and good.pins == [PIN]  # under the ZPK, not the TPK
@@ -224,3 +229,67 @@ def test_gateway_with_a_soft_hsm(tmp_path: Path, db_dsn: str) -> None:
     found = runner.invoke(cli, ["transactions", "--card", PAN, "--config", str(config),
                                 "--dsn", db_dsn, "--json"])
     assert found.exit_code == 0 and found.output.count('"pan_masked"') == 1
+
+
+def test_pin_translated_and_macs_made_by_a_payshield(tmp_path: Path, db_dsn: str) -> None:
+    """backend = payshield (PIN, MAC) with data_backend = soft (PAN HMAC, SAF key)."""
+    setup_directory(db_dsn)
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\nname = "all"\nacquirers = ["acq"]\n')
+    keystore, kek, soft = asyncio.run(make_keys(tmp_path))
+    clear = {name: ClearKey(name, kind, Algorithm.TDES, os.urandom(16))
+             for name, kind in (("tpk", KeyType.PIN), ("zpk", KeyType.PIN),
+                                ("mak", KeyType.MAC))}
+
+    async def scenario() -> None:
+        payshield = PayShieldSimulator()
+        host, port = await payshield.start()
+        acquirer = MacAcquirer(clear)
+        await acquirer.start()
+        raw = settings(db_dsn, tmp_path / "state", keystore=keystore, kek=kek, routes=routes,
+                       acquirers=[acquirer_table("acq", acquirer.port, pin_key="zpk",
+                                                 mac_key="mak")])
+        raw["hsm"].update(backend="payshield", data_backend="soft", payshield={
+            "host": host, "port": port, "keys": {
+                name: payshield.wrap_key(key.type, key.algorithm, key.value)
+                for name, key in clear.items()}})
+        gateway = Gateway(parse_config(raw), TelecollecteSettings())
+        await gateway.start()
+        try:
+            assert gateway.auth is not None and gateway.daemon is not None
+            assert await gateway.auth.links["acq"].wait_up(5.0)
+            listener = gateway.daemon.listeners["cbcom"].port
+            async with await Terminal.dial_cbcom("127.0.0.1", listener) as tpe:
+                request = pin_request(clear["tpk"].value, 1)
+                answer = answer_of(await tpe.exchange(request))
+            assert answer.get(39) == "00"
+            assert acquirer.pins == [PIN] and acquirer.macs_valid == [True]
+            assert gateway.hsm is not None
+            digest = await gateway.hsm.pan_hmac(PAN)
+            assert digest == await soft.pan_hmac(PAN)  # the soft data backend's key
+        finally:
+            await gateway.stop()
+            await acquirer.stop()
+            await payshield.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert _rows(db_dsn, "SELECT pan_hmac_key_version FROM authorizations") == [(1,)]
+
+
+def test_a_missing_pan_hmac_key_fails_the_start_and_leaves_nothing_open(
+        tmp_path: Path, db_dsn: str) -> None:
+    kek, keystore = tmp_path / "kek", tmp_path / "keystore.json"
+    create_kek(kek)
+    asyncio.run(SoftHSM(keystore, kek).generate_key("saf", KeyType.DATA))
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\nname = "all"\nacquirers = ["acq"]\n')
+    raw = settings(db_dsn, tmp_path / "state", keystore=keystore, kek=kek, routes=routes,
+                   acquirers=[acquirer_table("acq", 9)])
+
+    async def scenario() -> None:
+        gateway = Gateway(parse_config(raw), TelecollecteSettings())
+        with pytest.raises(UnknownKeyError, match="pan-hmac"):
+            await gateway.start()
+        assert gateway.storage is None and gateway.hsm is None and gateway.auth is None
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
