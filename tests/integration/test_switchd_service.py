@@ -280,6 +280,8 @@ def test_check_config_names_the_bad_key(tmp_path: Path, text: str, message: str)
 
 def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     example = Path(__file__).parents[2] / "conf" / "switchd.toml"
+    # Its [routes] path is relative to it: the route table travels with it.
+    (tmp_path / "routes.toml").write_text((example.parent / "routes.toml").read_text())
     result = _check_config(tmp_path, example.read_text())
     assert result.returncode == 0, result.stderr
 
