@@ -32,8 +32,9 @@ With an HSM (`[hsm]`): a PIN block (52) is re-enciphered from the terminals' TPK
 leaves, and an acquirer with no ZPK, or a translation the HSM refuses, is skipped like an
 untranslatable request; links MAC their messages (see `routing.link`); the auth log's PAN
 HMAC comes from `hsm.pan_hmac` (newest key version, recorded with the row), computed in
-the background so the terminal's answer never waits for it. Without an HSM a PIN block is
-not sent on (as before) and the PAN HMAC uses the configured key.
+the background so the terminal's answer never waits for it. Without an HSM, as before: a
+PIN block is left out towards iso93/iso87 acquirers (a cb2a one gets the terminal's bytes
+as they are) and the PAN HMAC uses the configured key.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ class AuthServices:
         assert self.saf is not None
         try:
             queued = await self.saf.enqueue(acquirer, kind, key, message)
-        except StorageError as error:
+        except (StorageError, HSMError) as error:  # database away, or the HSM cannot seal
             log.error("auth.saf_enqueue_failed", acquirer=acquirer, kind=kind, error=str(error))
             return False
         log.info("auth.saf_queued", acquirer=acquirer, kind=kind, new=queued)

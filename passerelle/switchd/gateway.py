@@ -41,6 +41,7 @@ from passerelle.config import ConfigError, Settings, parse_config
 from passerelle.hsm.base import HSM
 from passerelle.hsm.errors import HSMError
 from passerelle.hsm.settings import HSMSettings
+from passerelle.routing.settings import RoutingSettings, routing_settings
 from passerelle.storage.db import StorageError, settings_from_table
 from passerelle.storage.pan import PanHmacKey
 from passerelle.storage.runtime import Storage
@@ -136,6 +137,19 @@ def _pan_key(settings: TelecollecteSettings, state_dir: Path, log: Any) -> PanHm
     return PanHmacKey.from_hex(settings.pan_hmac_key_version, path.read_text().strip())
 
 
+async def _check_route_keys(hsm: HSM, routes: RoutingSettings) -> None:
+    """Every key the routes name exists in the HSM (UnknownKeyError names the first one
+    missing): a typo must fail the start, not every PIN transaction or SAF message."""
+    names = {routes.saf.data_key}
+    for acquirer in routes.acquirers:
+        if acquirer.pin_key is not None:
+            names |= {acquirer.pin_key, routes.authorization.pin_key}
+        if acquirer.mac_key is not None:
+            names.add(acquirer.mac_key)
+    for name in sorted(names):
+        await hsm.key_info(name)
+
+
 def _pending_bytes(spool: Spool) -> float:
     total = 0
     for segment in spool.segments():
@@ -198,6 +212,8 @@ class Gateway:
         registry = default_registry()
         register(registry, services)
         self.daemon = Daemon(self.settings, registry=registry)
+        if self.settings.routes and self.hsm is not None:
+            await _check_route_keys(self.hsm, routing_settings(self.settings.routes))
         if self.settings.routes:
             self.auth = authorization.build_from_config(
                 self.settings, registry=self.daemon.metrics.registry, pool=storage.pool,

@@ -276,19 +276,27 @@ def test_pin_translated_and_macs_made_by_a_payshield(tmp_path: Path, db_dsn: str
     assert _rows(db_dsn, "SELECT pan_hmac_key_version FROM authorizations") == [(1,)]
 
 
-def test_a_missing_pan_hmac_key_fails_the_start_and_leaves_nothing_open(
-        tmp_path: Path, db_dsn: str) -> None:
+@pytest.mark.parametrize(("keys", "acquirer", "missing"), [
+    ((("saf", KeyType.DATA),), {}, "pan-hmac"),
+    ((("saf", KeyType.DATA), ("pan-hmac", KeyType.PAN_HMAC)), {"mac_key": "mak-typo"},
+     "mak-typo"),
+    ((("pan-hmac", KeyType.PAN_HMAC),), {}, "saf"),
+])
+def test_a_missing_key_fails_the_start_and_leaves_nothing_open(
+        tmp_path: Path, db_dsn: str, keys: tuple[tuple[str, KeyType], ...],
+        acquirer: dict[str, str], missing: str) -> None:
     kek, keystore = tmp_path / "kek", tmp_path / "keystore.json"
     create_kek(kek)
-    asyncio.run(SoftHSM(keystore, kek).generate_key("saf", KeyType.DATA))
+    for name, kind in keys:
+        asyncio.run(SoftHSM(keystore, kek).generate_key(name, kind))
     routes = tmp_path / "routes.toml"
     routes.write_text('[[route]]\nname = "all"\nacquirers = ["acq"]\n')
     raw = settings(db_dsn, tmp_path / "state", keystore=keystore, kek=kek, routes=routes,
-                   acquirers=[acquirer_table("acq", 9)])
+                   acquirers=[acquirer_table("acq", 9, **acquirer)])
 
     async def scenario() -> None:
         gateway = Gateway(parse_config(raw), TelecollecteSettings())
-        with pytest.raises(UnknownKeyError, match="pan-hmac"):
+        with pytest.raises(UnknownKeyError, match=missing):
             await gateway.start()
         assert gateway.storage is None and gateway.hsm is None and gateway.auth is None
 
