@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import click
 
+from passerelle.cli.cmd_transactions import card_filters, hsm_config_option
 from passerelle.cli.common import (
     REMISE_FILTERS,
     TRANSACTION_FILTERS,
@@ -35,7 +36,6 @@ from passerelle.cli.common import (
     filter_options,
     is_tty_stderr,
     pan_keys_option,
-    parse_pan_keys,
     resolve_user,
     take_filters,
 )
@@ -43,7 +43,6 @@ from passerelle.storage import queries
 from passerelle.storage.filters import (
     check_export_window,
     parse_remise_filters,
-    parse_transaction_filters,
 )
 from passerelle.tickets import CURRENCIES, PARIS
 
@@ -237,6 +236,7 @@ def remises(**kwargs: Any) -> None:
 @command.command(name="transactions")
 @filter_options(TRANSACTION_FILTERS)
 @pan_keys_option
+@hsm_config_option
 @_options
 def transactions(**kwargs: Any) -> None:
     """Transactions of a period (--from and --to required, at most 31 days).
@@ -245,6 +245,5 @@ def transactions(**kwargs: Any) -> None:
     Example:
       mpctl export transactions --from 2026-11-01 --to 2026-11-30 --type credit -o avoirs.csv
     """
-    raw = take_filters(kwargs, TRANSACTION_FILTERS)
-    keys = parse_pan_keys(kwargs["pan_keys"]) if raw.get("card_number") else []
-    _run("transactions", kwargs, parse_transaction_filters(raw, keys))
+    _run("transactions", kwargs, card_filters(take_filters(kwargs, TRANSACTION_FILTERS),
+                                              kwargs["pan_keys"], kwargs["config"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -33,7 +34,11 @@ from passerelle.cli.common import (
     take_filters,
 )
 from passerelle.storage import queries
-from passerelle.storage.filters import FilterError, parse_transaction_filters
+from passerelle.storage.filters import (
+    FilterError,
+    TransactionFilters,
+    parse_transaction_filters,
+)
 
 
 def _hsm_digests(config: str, card: str) -> tuple[tuple[int, bytes], ...] | None:
@@ -61,12 +66,30 @@ def _hsm_digests(config: str, card: str) -> tuple[tuple[int, bytes], ...] | None
         raise FilterError("config", f"[hsm]: {error}") from None
 
 
+def hsm_config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config", "config", envvar="PASSERELLE_CONFIG", metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="switchd.toml: its [hsm] computes --card digests (or PASSERELLE_CONFIG).")(func)
+
+
+def card_filters(raw: dict[str, Any], pan_keys: Sequence[str],
+                 config: str | None) -> TransactionFilters:
+    """Transaction filters, `--card` hashed by the HSM of `config` when it has an [hsm]
+    table, else under the `--pan-key` keys (also used by `mpctl export transactions`)."""
+    card = raw.get("card_number")
+    digests = _hsm_digests(config, card) if card and config else None
+    if digests is not None:
+        raw = {**raw, "card_number": None}
+        return queries.with_card_digests(parse_transaction_filters(raw), digests)
+    keys = parse_pan_keys(pan_keys) if card else []
+    return parse_transaction_filters(raw, keys)
+
+
 @click.command(name="transactions")
 @filter_options(TRANSACTION_FILTERS)
 @pan_keys_option
-@click.option("--config", "config", envvar="PASSERELLE_CONFIG", metavar="FILE",
-              type=click.Path(dir_okay=False),
-              help="switchd.toml: its [hsm] computes --card digests (or PASSERELLE_CONFIG).")
+@hsm_config_option
 @paging_options(queries.TRANSACTION_SORTS)
 @database_options
 @errors
@@ -82,15 +105,8 @@ def command(**kwargs: Any) -> None:
       mpctl transactions --application CONECS --group-by issuer --json
       mpctl transactions --result declined --response-code 51
     """
-    raw = take_filters(kwargs, TRANSACTION_FILTERS)
-    card = raw.get("card_number")
-    digests = _hsm_digests(kwargs["config"], card) if card and kwargs["config"] else None
-    if digests is not None:
-        raw.pop("card_number")
-        filters = queries.with_card_digests(parse_transaction_filters(raw), digests)
-    else:
-        keys = parse_pan_keys(kwargs["pan_keys"]) if card else []
-        filters = parse_transaction_filters(raw, keys)
+    filters = card_filters(take_filters(kwargs, TRANSACTION_FILTERS), kwargs["pan_keys"],
+                           kwargs["config"])
     with database(kwargs["dsn"], kwargs["state_dir"]) as conn:
         user_id = resolve_user(conn, kwargs["as_user"])
         page = queries.search(conn, filters, user_id=user_id, sort=kwargs["sort"],

@@ -9,6 +9,7 @@ import asyncio
 import os
 import random
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,13 @@ def test_gateway_with_a_soft_hsm(tmp_path: Path, db_dsn: str) -> None:
                                 "--dsn", db_dsn, "--json"])
     assert found.exit_code == 0, found.output
     assert found.output.count('"pan_masked"') == 2 and PAN not in found.output
+    today = datetime.now(UTC).date()
+    exported = runner.invoke(cli, [
+        "export", "transactions", "--from", str(today - timedelta(days=2)), "--to",
+        str(today + timedelta(days=1)), "--card", PAN, "--config", str(config),
+        "--dsn", db_dsn, "-o", "-"])
+    assert exported.exit_code == 0, exported.output
+    assert exported.output.count(PAN[:6]) == 2 and PAN not in exported.output
 
     store = ["--keystore", str(keystore), "--kek", str(kek), "--dsn", db_dsn]
     refused = runner.invoke(cli, ["keys", "retire", "pan-hmac", "1", *store])
