@@ -11,7 +11,12 @@ for the answer before the next):
 * bare: a uvloop protocol that returns each length-prefixed frame as it came: the floor of
   what any Python server on this loop can do with this load generator.
 
-    .venv/bin/python benchmarks/echo.py [--quick] [--connections C] [--seconds S] [--json PATH]
+    .venv/bin/python benchmarks/echo.py [--quick] [--compiled] [--connections C] [--seconds S]
+                                        [--json PATH]
+
+`--compiled` adds a third server: switchd with the hot modules setup.py compiles when
+PASSERELLE_MYPYC=1 (built with mypyc into a scratch copy of the package, nothing in the tree
+changes), measured in the same rounds as the other two.
 
 Target: switchd >= 0.5 x the bare server.
 """
@@ -20,13 +25,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,7 @@ from passerelle.sim.terminal import echo_request
 from passerelle.switchd.process import SwitchdProcess
 
 TARGET_RATIO = 0.5
+ROOT = Path(__file__).resolve().parents[1]
 CN = frame4(cbcom.connect().encode())
 DE = frame4(cbcom.data(echo_request(1)).encode())
 
@@ -141,6 +151,45 @@ async def drive(port: int, frame: bytes, handshake: bytes | None, *, connections
     return total / elapsed, cpu / max(total, 1) * 1e6
 
 
+def compiled_modules() -> tuple[str, ...]:
+    """The modules setup.py compiles (importing it builds nothing)."""
+    spec = importlib.util.spec_from_file_location("passerelle_setup", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    return tuple(setup.COMPILED_MODULES)
+
+
+def build_compiled(scratch: Path) -> Path:
+    """A copy of the package in `scratch` with setup.py's hot modules compiled by mypyc."""
+    shutil.copytree(ROOT / "passerelle", scratch / "passerelle",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    subprocess.run([sys.executable, "-m", "mypyc", *compiled_modules()], cwd=scratch,
+                   check=True, stdout=subprocess.DEVNULL)
+    return scratch
+
+
+@contextlib.contextmanager
+def compiled_switchd(settings: dict[str, Any], workdir: Path) -> Iterator[SwitchdProcess]:
+    """switchd running the compiled build: its `-c` entry point puts the working directory
+    first on sys.path, so it starts from inside the scratch copy."""
+    scratch = build_compiled(workdir / "compiled")
+    here = Path.cwd()
+    os.chdir(scratch)
+    try:
+        process = SwitchdProcess(settings, workdir, env={"PYTHONPATH": str(scratch)})
+        process.start()
+    finally:
+        os.chdir(here)
+    try:
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        if "__mypyc" not in maps:
+            raise RuntimeError("the compiled switchd did not load the mypyc build")
+        yield process
+    finally:
+        process.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 s per server (< 1 minute)")
@@ -148,6 +197,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="measurement window per server")
     parser.add_argument("--rounds", type=int, help="alternate the servers this many times")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also measure switchd with its mypyc-compiled build (needs mypy)")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -160,23 +211,28 @@ def main() -> None:
     settings = {"listeners": {"cbcom": {"host": "127.0.0.1", "port": 0},
                               "xot": {"enabled": False}, "iso": {"enabled": False}},
                 "metrics": {"enabled": False}, "logging": {"level": "info"}}
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     try:
         assert bare.stdout is not None
         bare_port = int(bare.stdout.readline())
-        with tempfile.TemporaryDirectory() as workdir, \
-                SwitchdProcess(settings, Path(workdir)) as switchd:
-            # Alternate the two, so that noise from the shared machine hits both alike.
-            rates: dict[str, list[float]] = {"bare": [], "switchd": []}
-            cpu: dict[str, list[float]] = {"bare": [], "switchd": []}
+        with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+            switchd = stack.enter_context(SwitchdProcess(settings, Path(workdir)))
+            servers = [("bare", bare_port, None, bare.pid),
+                       ("switchd", switchd.port("cbcom"), CN, switchd.pid)]
+            if args.compiled:
+                run_dir = Path(workdir) / "mypyc"
+                run_dir.mkdir()
+                fast = stack.enter_context(compiled_switchd(settings, run_dir))
+                servers.append(("switchd_mypyc", fast.port("cbcom"), CN, fast.pid))
+            # Alternate the servers, so that noise from the shared machine hits all alike.
             for _ in range(rounds):
-                for name, port, handshake, pid in (
-                        ("bare", bare_port, None, bare.pid),
-                        ("switchd", switchd.port("cbcom"), CN, switchd.pid)):
+                for name, port, handshake, pid in servers:
                     rate, cpu_us = uvloop.run(drive(
                         port, DE, handshake, connections=args.connections, seconds=seconds,
                         server_pid=pid))
-                    rates[name].append(rate)
-                    cpu[name].append(cpu_us)
+                    rates.setdefault(name, []).append(rate)
+                    cpu.setdefault(name, []).append(cpu_us)
     finally:
         if bare.stdin is not None:
             bare.stdin.close()
@@ -202,6 +258,16 @@ def main() -> None:
           f"{args.connections} connections, best of {rounds} x {seconds} s; server CPU per "
           f"answer: switchd {result['switchd_cpu_us_per_answer']} µs, bare "
           f"{result['bare_cpu_us_per_answer']} µs; load average {result['load_average']}")
+    if args.compiled:
+        compiled_rate = max(rates["switchd_mypyc"])
+        result.update({
+            "switchd_mypyc_per_s": round(compiled_rate),
+            "switchd_mypyc_cpu_us_per_answer": round(min(cpu["switchd_mypyc"]), 1),
+            "ratio_mypyc": round(compiled_rate / bare_rate, 3),
+        })
+        print(f"  compiled (mypyc) switchd {result['switchd_mypyc_per_s']}/s, ratio "
+              f"{result['ratio_mypyc']}; server CPU per answer "
+              f"{result['switchd_mypyc_cpu_us_per_answer']} µs")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
