@@ -530,7 +530,7 @@ class Telecollecte:
 
     # -- 0246 stored transactions ------------------------------------------------------------
     def _transaction(self, message: Message, context: SessionContext,
-                     dialogue: _Dialogue) -> Answer:
+                     dialogue: _Dialogue) -> Answer | Awaitable[Answer]:
         file = dialogue.file
         if file is None:
             raise Refused("12", f"0246 in phase {dialogue.phase.value} (no file open)")
