@@ -9,14 +9,16 @@ For the reference CB2A 0100 EMV message (and the same fields in the iso87-ascii 
 
     .venv/bin/python benchmarks/codec.py [--quick] [--json PATH] [--compiled]
 
-`--compiled` also measures the same source compiled to C with mypyc (built into a temporary
-directory, nothing in the tree changes): what the codec costs when installed as a compiled
-wheel, next to the pure-Python figures, in the same run.
+`--compiled` also measures the same source compiled to C with mypyc (the modules setup.py
+compiles when PASSERELLE_MYPYC=1, built into a temporary directory, nothing in the tree
+changes): what the codec costs when installed as a compiled wheel, next to the pure-Python
+figures, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -153,7 +155,14 @@ def print_table(build: str, results: list[dict]) -> None:
                   f"{ratio:6.1f}x {shown:>7}")
 
 
-COMPILED_MODULES = ("layout.py", "iso8583.py", "subfields.py")
+def compiled_modules() -> list[str]:
+    """The modules setup.py compiles when PASSERELLE_MYPYC=1 (importing it builds nothing)."""
+    spec = importlib.util.spec_from_file_location(
+        "passerelle_setup", Path(__file__).resolve().parents[1] / "setup.py")
+    assert spec is not None and spec.loader is not None
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    return list(setup.COMPILED_MODULES)
 
 
 def run_compiled(quick: bool) -> dict:
@@ -164,7 +173,7 @@ def run_compiled(quick: bool) -> dict:
         package = Path(scratch) / "passerelle"
         shutil.copytree(source / "codecs", package / "codecs")
         shutil.copy(source / "__init__.py", package / "__init__.py")
-        modules = [f"passerelle/codecs/{name}" for name in COMPILED_MODULES]
+        modules = [name for name in compiled_modules() if name.startswith("passerelle/codecs/")]
         subprocess.run([sys.executable, "-m", "mypyc", *modules], cwd=scratch, check=True,
                        stdout=subprocess.DEVNULL)
         out = Path(scratch) / "compiled.json"
