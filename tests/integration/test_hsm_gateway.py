@@ -309,3 +309,43 @@ def test_a_missing_key_fails_the_start_and_leaves_nothing_open(
         assert gateway.storage is None and gateway.hsm is None and gateway.auth is None
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_hsm_that_cannot_hash_refuses_the_file_and_loses_nothing(tmp_path: Path,
+                                                                     db_dsn: str) -> None:
+    """A keystore reloaded without its PAN HMAC key: 0246 refused with 96, nothing stored;
+    the key back (SIGHUP again), the terminal's next call stores the remise once."""
+    setup_directory(db_dsn)
+    keystore, kek, _ = asyncio.run(make_keys(tmp_path))
+    other = tmp_path / "other.json"
+    asyncio.run(SoftHSM(other, kek).generate_key("saf", KeyType.DATA))
+    good_keys = keystore.read_bytes()
+    raw = settings(db_dsn, tmp_path / "state", keystore=keystore, kek=kek,
+                   routes=tmp_path / "unused.toml", acquirers=[])
+    del raw["routes"]
+    batches = generate_batches(random.Random(5), TERMINAL, CONTRACT, "CBEMV", days=1,
+                               per_day=(3, 3))
+
+    async def scenario() -> None:
+        gateway = Gateway(parse_config(raw), TelecollecteSettings())
+        await gateway.start()
+        try:
+            assert gateway.daemon is not None
+            xot = gateway.daemon.listeners["xot"].port
+            keystore.write_bytes(other.read_bytes())
+            await gateway.daemon.reload()
+            refused = await telecollecte(lambda: dial("xot", "127.0.0.1", xot), batches,
+                                         attempts=1)
+            assert [r.code for r in refused] == [None]  # not acknowledged: call again
+            assert gateway.daemon.metrics.registry.get_sample_value(
+                "telecollecte_refused_total", {"code": "96"}) == 1
+            keystore.write_bytes(good_keys)
+            await gateway.daemon.reload()
+            stored = await telecollecte(lambda: dial("xot", "127.0.0.1", xot), batches)
+            assert [r.code for r in stored] == ["00"]
+        finally:
+            await gateway.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert _rows(db_dsn, "SELECT count(*), min(pan_hmac_key_version) FROM transactions") == [
+        (3, 1)]
