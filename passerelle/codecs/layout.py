@@ -123,23 +123,30 @@ class Layout:
         with one `hex()` (or one `decode`) and cut into fields, instead of one call per field."""
         out: dict[int, Any] = {}
         for run in self.runs:
-            kind, anchor, delta, size, cuts, singles, extra = run
-            start = anchors[anchor] + delta
-            if kind == _SINGLE:
-                number, _, _, fixed, prefix_size, convert, plain = singles[0]
+            if run[0] == _SINGLE:
+                _, anchor, delta, fixed, prefix_size, number, convert, plain = run
+                start = anchors[anchor] + delta
                 end = start + fixed if fixed else anchors[anchor + 1]
                 chosen = convert if subelements else plain
                 out[number] = chosen(data, start, start + prefix_size, end)
                 continue
+            kind, anchor, delta, size, cuts, singles, extra = run
+            start = anchors[anchor] + delta
             chunk = data[start : start + size]
             if kind == _BCD_RUN:
                 text = chunk.hex()
-                valid = text.isdigit() and all(text[pad] == "0" for pad in extra)
+                valid = text.isdigit()
+                for pad in extra:  # odd-length fields: their pad nibble must be 0
+                    if text[pad] != "0":
+                        valid = False
             else:
                 encoding, numeric = extra
                 try:
                     text = chunk.decode(encoding)
-                    valid = all(text[b:e].isascii() and text[b:e].isdigit() for b, e in numeric)
+                    valid = True
+                    for b, e in numeric:
+                        if not (text[b:e].isascii() and text[b:e].isdigit()):
+                            valid = False
                 except UnicodeDecodeError:
                     valid = False
             if not valid:  # convert one by one: the culprit raises its precise CodecError
@@ -195,7 +202,7 @@ def _group_runs(specs: tuple[FieldSpec | None, ...], entries: list[tuple[Any, ..
         anchor, delta = group[0][1], group[0][2]
         size = sum(entry[3] for entry in group)
         if kind == _SINGLE or len(group) == 1:
-            runs.extend((_SINGLE, e[1], e[2], 0, (), (e,), None) for e in group)
+            runs.extend((_SINGLE, e[1], e[2], e[3], e[4], e[0], e[5], e[6]) for e in group)
         elif kind == _BCD_RUN:
             cuts, pads, nibble = [], [], 0
             for entry in group:
@@ -308,6 +315,21 @@ def make_converter(spec: FieldSpec, *, subelements: bool = True) -> Converter:
         except SubElementError as exc:
             raise CodecError(number, body + exc.offset, exc.reason) from None
 
+    if spec.data is Data.BINARY or (spec.data is Data.ASCII and _text_check(spec) is None):
+        # The body's bytes are what the sub-element codec reads: no text round trip. A
+        # non-ASCII text body takes the general path, which names the error as before.
+        binary = spec.data is Data.BINARY
+
+        def convert_sub_bytes(data: bytes, start: int, body: int, end: int) -> Any:
+            raw = data[body:end]
+            if not (binary or raw.isascii()):
+                return convert_sub(data, start, body, end)
+            try:
+                return codec.decode(raw)
+            except SubElementError as exc:
+                raise CodecError(number, body + exc.offset, exc.reason) from None
+
+        return convert_sub_bytes
     return convert_sub
 
 
@@ -339,6 +361,13 @@ def _base_converter(spec: FieldSpec) -> Converter:
         return convert_hex
     encoding = data_enc.value
     check = _text_check(spec)
+    if check is None:
+        def convert_plain_text(data: bytes, start: int, body: int, end: int) -> str:
+            try:
+                return data[body:end].decode(encoding)
+            except UnicodeDecodeError:
+                raise CodecError(number, body, f"the value is not {encoding} text") from None
+        return convert_plain_text
 
     def convert_text(data: bytes, start: int, body: int, end: int) -> str:
         try:
@@ -370,6 +399,8 @@ def _bcd_converter(spec: FieldSpec) -> Converter:
     number, track = spec.number, spec.kind is Kind.Z
     fixed_odd = not spec.var and spec.max_len & 1
     bin1 = spec.parse is Parse.BIN and spec.prefix_size == 1
+    if not spec.var and not track:
+        return _fixed_bcd_converter(number, bool(fixed_odd))
 
     def convert_bcd(data: bytes, start: int, body: int, end: int) -> str:
         digits = data[body:end].hex()
@@ -391,6 +422,29 @@ def _bcd_converter(spec: FieldSpec) -> Converter:
         return digits
 
     return convert_bcd
+
+
+def _fixed_bcd_converter(number: int, odd: bool) -> Converter:
+    """Fixed numerics (3, 4, 11, 12, 13...): the commonest converter, with nothing to look
+    up at run time; same checks, same errors as the general one."""
+    if odd:
+        def convert_fixed_odd(data: bytes, start: int, body: int, end: int) -> str:
+            digits = data[body:end].hex()
+            if digits[0] != "0":
+                raise CodecError(number, body, "the BCD pad nibble is not 0")
+            digits = digits[1:]
+            if digits and not digits.isdigit():
+                raise CodecError(number, body, "a BCD nibble is not a decimal digit")
+            return digits
+        return convert_fixed_odd
+
+    def convert_fixed(data: bytes, start: int, body: int, end: int) -> str:
+        digits = data[body:end].hex()
+        if digits and not digits.isdigit():
+            raise CodecError(number, body, "a BCD nibble is not a decimal digit")
+        return digits
+
+    return convert_fixed
 
 
 # -- encoders ----------------------------------------------------------------------------

@@ -92,18 +92,15 @@ class CBTLV:
         append, names = out.append, _TAG_NAMES
         pos, end = 0, len(body)
         while pos < end:
-            if end - pos < 3:
-                raise SubElementError(pos, "truncated sub-element header")
             start = pos + 3
+            if start > end:
+                raise SubElementError(pos, "truncated sub-element header")
             stop = start + body[pos + 2]
             if stop > end:
                 reason = f"sub-element length {body[pos + 2]} runs past the field"
                 raise SubElementError(pos, reason)
-            tag = body[pos:start - 1]
-            name = names.get(tag)
-            if name is None:
-                name = _remember_tag(tag)
-            append((name, body[start:stop]))
+            tag = body[pos : pos + 2]
+            append((names.get(tag) or _remember_tag(tag), body[start:stop]))
             pos = stop
         return tuple(out)
 
