@@ -35,6 +35,8 @@ _BITS: tuple[tuple[int, ...], ...] = tuple(
     tuple(k + 1 for k in range(8) if byte & (0x80 >> k)) for byte in range(256)
 )
 _LOW64 = (1 << 64) - 1
+# Field n's bit in a bitmap held as a 128-bit integer (field 1 is the top bit).
+_FIELD_BIT: tuple[int, ...] = tuple(1 << (128 - n) if n else 0 for n in range(129))
 
 
 class Message:
@@ -125,20 +127,21 @@ class Message:
         if mti_wire is None:
             mti_wire = _mti_bytes(profile, mti)
         data, anchors, encoders = self._data, self._anchors, profile.encoders
-        bits = recipe.bits
+        left_out = 0
         parts: list[bytes] = [mti_wire, recipe.bitmap]
+        append = parts.append
         for segment in recipe.segments:
             if segment.__class__ is int:
                 value = changes[segment]  # type: ignore[index]
                 if value is None:
-                    bits &= ~(1 << (128 - segment))  # type: ignore[operator]
+                    left_out |= _FIELD_BIT[segment]  # type: ignore[index]
                 else:
-                    parts.append(encoders[segment](value))  # type: ignore[index,misc]
+                    append(encoders[segment](value))  # type: ignore[index,misc]
             else:
                 first, first_delta, last, last_delta = segment  # type: ignore[misc]
-                parts.append(data[anchors[first] + first_delta : anchors[last] + last_delta])
-        if bits != recipe.bits:  # fields left out: another bitmap
-            parts[1] = _bitmap_bytes(profile, bits)
+                append(data[anchors[first] + first_delta : anchors[last] + last_delta])
+        if left_out:  # fields left out: another bitmap
+            parts[1] = _bitmap_bytes(profile, recipe.bits & ~left_out)
         return b"".join(parts)
 
     # -- display -------------------------------------------------------------------------
