@@ -110,7 +110,7 @@ class _CbcomUser(Stack):
         if listener.cbcom_config is None:
             timers = listener.daemon.settings.cbcom
             listener.cbcom_config = cs.CbcomConfig(
-                tgr=timers.tgr, tsi=timers.tsi, tnr=timers.tnr,  # type: ignore[arg-type]
+                tgr=timers.tgr, tsi=timers.tsi, tnr=timers.tnr,
                 cn_timeout=timers.cn_timeout, max_frame=listener.settings.max_frame,
             )
         return listener.cbcom_config
