@@ -357,7 +357,8 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return  # close() set the grace deadline
         stack_deadline = self.stack.deadline() if self.stack is not None else math.inf
-        self.deadline = min(self.handshake_deadline, stack_deadline)
+        handshake = self.handshake_deadline
+        self.deadline = handshake if handshake < stack_deadline else stack_deadline
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
