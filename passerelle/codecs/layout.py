@@ -34,8 +34,8 @@ class Layout:
     """Where each field of one bitmap sits, as anchors + constants."""
 
     __slots__ = (
-        "bin1_steps", "bits", "entries", "header", "numbers", "recipes", "runs", "steps", "tail",
-        "where",
+        "ascii_steps", "bin1_steps", "bits", "entries", "header", "numbers", "recipes", "runs",
+        "steps", "tail", "where",
     )
 
     def __init__(self, specs: tuple[FieldSpec | None, ...], numbers: Iterable[int], header: int,
@@ -72,6 +72,8 @@ class Layout:
         self.steps = tuple(steps)
         self.bin1_steps = (tuple((step[0], step[4], step[3]) for step in steps)
                            if all(step[2] == _BIN1 for step in steps) else None)
+        self.ascii_steps = (tuple((step[0], step[1], step[4], step[3]) for step in steps)
+                            if all(step[2] == _ASCII for step in steps) else None)
         self.runs = _group_runs(specs, entries)
         self.tail = delta
         self.where = where
@@ -95,6 +97,18 @@ class Layout:
                     anchors.append(pos)
             except IndexError:
                 return None
+            return anchors if pos + self.tail == len(data) else None
+        if self.ascii_steps is not None:  # iso87-ascii: every prefix is ASCII digits
+            for delta, prefix_size, max_len, half in self.ascii_steps:
+                start = pos + delta
+                digits = data[start : start + prefix_size]
+                if not digits.isdigit() or len(digits) != prefix_size:
+                    return None
+                units = int(digits)
+                if units > max_len:
+                    return None
+                pos = start + prefix_size + ((units + 1) >> 1 if half else units)
+                anchors.append(pos)
             return anchors if pos + self.tail == len(data) else None
         try:
             for delta, prefix_size, kind, half, max_len, spec in self.steps:

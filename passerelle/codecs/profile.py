@@ -31,6 +31,9 @@ class Profile:
     # MTI + bitmap(s) as received -> (MTI, layout); MTI -> its wire bytes. Both bounded.
     heads: dict[bytes, tuple[str, Layout]] = field(init=False, repr=False, compare=False)
     mti_wire: dict[str, bytes] = field(init=False, repr=False, compare=False)
+    # Sizes on the wire, read by every parse: plain attributes, not properties.
+    mti_size: int = field(init=False, repr=False, compare=False)  # 2 (BCD) or 4 (text)
+    bitmap_size: int = field(init=False, repr=False, compare=False)  # one bitmap: 8 or 16
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -41,6 +44,8 @@ class Profile:
         set_(self, "layouts", {})
         set_(self, "heads", {})
         set_(self, "mti_wire", {})
+        set_(self, "mti_size", 2 if self.mti_bcd else 4)
+        set_(self, "bitmap_size", 16 if self.bitmap_hex else 8)
 
     @classmethod
     def build(
@@ -54,14 +59,6 @@ class Profile:
             table[spec.number] = spec
         return cls(name, mti_bcd, bitmap_hex, tuple(table), description=description)
 
-    @property
-    def mti_size(self) -> int:
-        return 2 if self.mti_bcd else 4
-
-    @property
-    def bitmap_size(self) -> int:
-        """Bytes of one bitmap on the wire."""
-        return 16 if self.bitmap_hex else 8
 
     def layout(self, numbers: Iterable[int], header: int) -> Layout:
         return Layout(self.specs, numbers, header, self.converters, self.plain_converters)
