@@ -4,7 +4,8 @@ No sockets, no asyncio, no clock: the caller feeds IPDUs (or stream bytes) with 
 and collects events and the IPDUs to send. Either side:
 
 * ``Role.SERVER`` (switchd, the default) waits for CN, answers AC with the negotiated timers,
-  turns each DE into a :class:`Message` and each :meth:`CbcomSession.send_message` into a DE;
+  turns each DE into a :class:`Message` and each :meth:`CbcomSession.send_message` into a DE
+  (or, when a DE needs no answer, is told so with :meth:`CbcomSession.no_answer`);
 * ``Role.CLIENT`` (the terminal simulator) sends CN with :meth:`CbcomSession.connect`,
   then DEs, and waits for the answers.
 
@@ -28,7 +29,8 @@ Usage (switchd over TCP)::
     # and schedule session.tick(loop.time()) at session.next_deadline()
 
 Timers (server): before CN, ``cn_timeout``; connected and idle, TSI (780 s unless CN
-negotiated another value with PI17); a DE received and not yet answered, TGR (30 s).
+negotiated another value with PI17); a DE received and not yet answered (nor declared
+needing no answer with :meth:`CbcomSession.no_answer`), TGR (30 s).
 Client: TNR while waiting for AC or for the answer to a DE. On expiry :meth:`tick` sends
 AB and returns :class:`Aborted`: 0x19 TSI (and no CN in time), 0x1A TGR, 0x1B TNR.
 
@@ -271,6 +273,19 @@ class CbcomSession:
             self._out.append(cbcom.encode_data(apdu))
             self._pending += 1
         self._idle_timer(now)
+
+    def no_answer(self, now: float) -> None:
+        """Server: the oldest unanswered DE needs no answer (the dialogue returned None, as
+        for most 0246 of a télécollecte window). It stops counting as pending, so TGR runs
+        only for the DEs still owed an answer and TSI times the pause otherwise."""
+        if self.role is not Role.SERVER or self.state is not State.CONNECTED:
+            return
+        if self._pending:
+            self._pending -= 1
+        if self._pending:
+            self._deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
+        else:
+            self._deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
 
     def abort(self, code: int = cbcom.CODE_NORMAL_END, reason: str = "") -> list[Event]:
         """Send AB with ``code`` (0x80: normal end) and close; returns [Aborted]."""

@@ -302,12 +302,17 @@ class Connection(asyncio.Protocol):
             self.log.exception("dialogue.failed")
             return
         if answer is None:
-            if self.closing:
+            self.stack.no_answer()
+            if self.context.abort_code is not None:
+                self._abort_session()
+            elif self.closing:
                 self.drain()
             return
         if isinstance(answer, bytes):
             self.stack.answer(answer)
-            if self.closing:
+            if self.context.abort_code is not None:
+                self._abort_session()
+            elif self.closing:
                 self.drain()
             return
         self._inflight = asyncio.ensure_future(_as_coroutine(answer))
@@ -318,6 +323,7 @@ class Connection(asyncio.Protocol):
         self.listener.daemon.inflight.discard(future)
         self._inflight = None
         answer = None
+        failed = True
         if future.cancelled():
             self.log.warning("dialogue.cancelled")
         elif future.exception() is not None:
@@ -325,11 +331,17 @@ class Connection(asyncio.Protocol):
             self.log.error("dialogue.failed", exc_info=future.exception())
         else:
             answer = future.result()
+            failed = False
         if self.closed or self.stack is None:
             return
         try:
             if answer is not None:
                 self.stack.answer(answer)
+            elif not failed:
+                self.stack.no_answer()
+            if self.context is not None and self.context.abort_code is not None:
+                self._abort_session()
+                return
             while self._queue and self._inflight is None and not self.closed:
                 self._dispatch(self._queue.popleft())
         except Exception:
@@ -341,6 +353,17 @@ class Connection(asyncio.Protocol):
         self._refresh_deadline()
         if self.closing:
             self.drain()
+
+    def _abort_session(self) -> None:
+        """A dialogue called `context.abort(code)`: the stack ends the session its way."""
+        assert self.context is not None and self.stack is not None
+        code = self.context.abort_code
+        assert code is not None
+        self._queue.clear()
+        self.log.info("dialogue.abort", code=f"0x{code:02X}")
+        self.stack.abort(code)
+        self._update_reading()
+        self._refresh_deadline()
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:

@@ -55,9 +55,11 @@ class SessionContext:
     `mode` is "transactional" or "transfer" (CBCOM protocol type) or None (iso listener).
     A multi-message dialogue (télécollecte) keeps its state in `state` and sets `busy`
     while the terminal owes it more messages, so that a drain waits for it.
+    A dialogue ends the session with a CBCOM abort code by calling :meth:`abort`.
     """
 
-    __slots__ = ("busy", "listener", "log", "mode", "peer", "profile", "state", "tls_client")
+    __slots__ = ("abort_code", "busy", "listener", "log", "mode", "peer", "profile", "state",
+                 "tls_client")
 
     def __init__(self, listener: str, peer: str, profile: Any, log: Any,
                  tls_client: str | None = None) -> None:
@@ -69,6 +71,18 @@ class SessionContext:
         self.tls_client = tls_client
         self.mode: str | None = None
         self.state: dict[str, Any] = {}
+        self.busy = False
+        self.abort_code: int | None = None
+
+    def abort(self, code: int) -> None:
+        """End the session with CBCOM abort `code` (PI01 of the AB), once the answer to the
+        current message, if any, has been sent. An X.25 call is cleared after the AB; the
+        iso listener, with no session layer, just closes the connection. Messages already
+        received and not yet handed to a dialogue are dropped."""
+        if not 0 <= code <= 0xFF:
+            raise ValueError(f"CBCOM abort code {code} is not one byte")
+        if self.abort_code is None:
+            self.abort_code = code
         self.busy = False
 
 

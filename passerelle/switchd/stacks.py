@@ -46,6 +46,13 @@ class Stack:
         """A CB2A answer from a dialogue, to send down the stack."""
         raise NotImplementedError
 
+    def no_answer(self) -> None:
+        """The dialogue gave no answer to the last message delivered: none is owed."""
+
+    def abort(self, code: int) -> None:
+        """A dialogue ends the session with CBCOM abort `code` (no session layer: close)."""
+        self.conn.close(f"aborted by the dialogue (0x{code:02X})")
+
     def deadline(self) -> float:
         """When `tick` has something to do (inf: never)."""
         return math.inf
@@ -211,6 +218,12 @@ class CbcomStack(_CbcomUser):
         if not self._receiving:
             self._flush()
 
+    def no_answer(self) -> None:
+        self.session.no_answer(self.loop.time())
+
+    def abort(self, code: int) -> None:
+        self._after(self.session.abort(code, "aborted by the dialogue"))
+
     def deadline(self) -> float:
         deadline = self.session.next_deadline()
         return math.inf if deadline is None else deadline
@@ -322,6 +335,18 @@ class XotStack(_CbcomUser):
             return
         now = self.loop.time()
         self.session.send_message(payload, now)
+        self._flush(now)
+
+    def no_answer(self) -> None:
+        if self.session is not None:
+            self.session.no_answer(self.loop.time())
+
+    def abort(self, code: int) -> None:
+        """AB with `code`, then the call is cleared once the AB has left the window."""
+        now = self.loop.time()
+        if self.session is not None and self._session_events(
+                self.session.abort(code, "aborted by the dialogue")):
+            self._clear_pending = True
         self._flush(now)
 
     def deadline(self) -> float:

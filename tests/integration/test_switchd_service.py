@@ -381,3 +381,48 @@ def test_a_failing_dialogue_does_not_take_the_session_down() -> None:
     answer, stream = _in_process(scenario)
     assert Message.parse(answer, CB2A).get(11) == "000011"
     assert b"dialogue.failed" in stream.getvalue()
+
+
+@pytest.mark.parametrize("listener", ["cbcom", "xot"])
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_dialogue_can_end_the_session_with_an_abort_code(listener: str, slow: bool) -> None:
+    """`context.abort(code)`: the answer leaves first, then AB with the code; over X.25 the
+    call is then cleared. Messages queued behind it are not handled."""
+    async def scenario(settings: Any) -> tuple[bytes, Any, Any, bool, list[str]]:
+        seen: list[str] = []
+
+        def refuse(message: Message, context: SessionContext) -> bytes:
+            seen.append(message.get(11))
+            context.abort(0x30)
+            return message.respond("0110", {39: "05"})
+
+        async def slow_refuse(message: Message, context: SessionContext) -> bytes:
+            await asyncio.sleep(0)
+            return refuse(message, context)
+
+        registry = default_registry()
+        registry.register(["0100"], slow_refuse if slow else refuse)
+        daemon = Daemon(settings, registry)
+        await daemon.start()
+        port = daemon.listeners[listener].port
+        tpe = await (Terminal.dial_xot("127.0.0.1", port) if listener == "xot"
+                     else Terminal.dial_cbcom("127.0.0.1", port))
+        tpe.send(encode(CB2A, "0100", {11: "000012", 41: "SIMTPE01"}))
+        tpe.send(echo_request(13))  # behind the aborting dialogue: never answered
+        answer = await tpe.receive()
+        await tpe.wait_closed()
+        extra = list(tpe.messages)
+        await daemon.stop()
+        return answer, tpe.aborted, tpe.cleared, bool(extra), seen
+
+    settings_dict = {"switchd": {"drain_timeout": 5.0},
+                     "listeners": {"cbcom": LOCAL, "xot": LOCAL, "iso": {"enabled": False}},
+                     "metrics": {"enabled": False}}
+    logs.configure("debug", io.BytesIO())
+    answer, aborted, cleared, extra, seen = uvloop.run(asyncio.wait_for(
+        scenario(parse_config(settings_dict)), 30))
+    assert Message.parse(answer, CB2A).get(39) == "05"
+    assert aborted is not None and aborted.code == 0x30 and aborted.by_peer
+    assert not extra and seen == ["000012"]
+    if listener == "xot":
+        assert cleared is not None and cleared.by_peer

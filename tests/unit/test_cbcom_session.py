@@ -190,6 +190,47 @@ def test_tgr_expiry() -> None:
     _aborted(server, server.tick(40.0), cbcom.CODE_TGR_EXPIRED)
 
 
+def test_a_de_needing_no_answer_hands_over_to_tsi() -> None:
+    server = _open(tsi=60)
+    server.receive_ipdu(cbcom.data(b"0246-1").encode(), 10.0)
+    assert server.next_deadline() == 40.0  # TGR while the dialogue decides
+    server.no_answer(10.5)
+    assert server.ipdus_to_send() == []  # nothing sent for it
+    assert server.next_deadline() == 70.5  # TSI: the terminal may pause
+    assert server.tick(45.0) == []  # past the old TGR: nothing
+    assert server.state is State.CONNECTED
+    # the next DE is answered: TGR again, then TSI after the answer
+    server.receive_ipdu(cbcom.data(b"0246-2").encode(), 50.0)
+    assert server.next_deadline() == 80.0
+    server.send_message(b"0256", 51.0)
+    assert _sent(server) == [cbcom.data(b"0256", response=True)]
+    assert server.next_deadline() == 111.0
+    _aborted(server, server.tick(111.0), cbcom.CODE_TSI_EXPIRED)
+
+
+def test_no_answer_keeps_tgr_for_the_des_still_owed_an_answer() -> None:
+    server = _open()
+    server.receive_ipdu(cbcom.data(b"a").encode(), 1.0)
+    server.receive_ipdu(cbcom.data(b"b").encode(), 2.0)
+    server.no_answer(3.0)  # "a" needs none; "b" still does
+    assert server.next_deadline() == 33.0
+    server.send_message(b"B", 4.0)
+    assert _sent(server) == [cbcom.data(b"B", response=True)]  # the answer to "b"
+    assert server.next_deadline() == 4.0 + 780
+    server.send_message(b"U", 5.0)  # nothing pending: unsolicited
+    assert _sent(server) == [cbcom.data(b"U")]
+
+
+def test_no_answer_after_the_end_or_before_cn_does_nothing() -> None:
+    server = _server(now=0.0)
+    server.no_answer(1.0)
+    assert server.next_deadline() == 30.0  # still the CN timeout
+    server = _open()
+    server.abort()
+    server.no_answer(2.0)
+    assert server.next_deadline() is None
+
+
 def test_client_tnr_expiry_waiting_for_ac_and_for_an_answer() -> None:
     client = CbcomSession(Role.CLIENT, CbcomConfig(tnr=20), now=0.0)
     client.connect(now=0.0)
