@@ -30,7 +30,7 @@ terminal's messages in order.
 from __future__ import annotations
 
 import functools
-import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -58,8 +58,8 @@ class SessionContext:
     A dialogue ends the session with a CBCOM abort code by calling :meth:`abort`.
     """
 
-    __slots__ = ("abort_code", "busy", "listener", "log", "mode", "peer", "profile", "state",
-                 "tls_client")
+    __slots__ = ("abort_code", "busy", "debug", "listener", "log", "mode", "peer", "profile",
+                 "state", "tls_client")
 
     def __init__(self, listener: str, peer: str, profile: Any, log: Any,
                  tls_client: str | None = None) -> None:
@@ -67,6 +67,9 @@ class SessionContext:
         self.peer = peer
         self.profile = profile
         self.log = log
+        # Whether `log` emits debug events: the dispatcher skips building them otherwise.
+        enabled = getattr(log, "is_enabled_for", None)
+        self.debug = True if enabled is None else bool(enabled(logging.DEBUG))
         # Mutual TLS: the common name of the terminal's verified certificate.
         self.tls_client = tls_client
         self.mode: str | None = None
@@ -108,27 +111,39 @@ class Registry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, dict[str | None, Handler]] = {}
+        # (mti, mode) -> handler: registered MTIs only, so its size is bounded
+        self._resolved: dict[tuple[str, str | None], Handler] = {}
 
     def register(self, mtis: Iterable[str], handler: Handler, *, mode: str | None = None) -> None:
         """Route `mtis` to `handler`; with `mode`, only for sessions in that mode."""
         for mti in mtis:
             self._handlers.setdefault(mti, {})[mode] = handler
+        self._resolved.clear()
 
     def lookup(self, mti: str, mode: str | None) -> Handler | None:
+        handler = self._resolved.get((mti, mode))
+        if handler is not None:
+            return handler
         by_mode = self._handlers.get(mti)
         if by_mode is None:
             return None
-        return by_mode.get(mode) or by_mode.get(None)
+        handler = by_mode.get(mode) or by_mode.get(None)
+        if handler is not None:
+            self._resolved[mti, mode] = handler
+        return handler
+
+
+_ECHO_ANSWERS = {"0800": "0810", "0804": "0814", "1800": "1810", "1804": "1814"}
+_APPROVED = {39: "00"}  # read-only: `respond` does not keep nor change its `changes`
 
 
 def _echo(message: Message) -> Labelled:
     mti = message.mti
-    answer = response_mti(mti)
+    answer = _ECHO_ANSWERS.get(mti) or response_mti(mti)
     assert answer is not None
-    code = "00"
-    if mti[2:] == "04" and 24 in message and message.get(24) != "831":
-        code = "12"
-    return message.respond(answer, {39: code}), code
+    if mti[2] == "0" and mti[3] == "4" and 24 in message and message.get(24) != "831":
+        return message.respond(answer, {39: "12"}), "12"
+    return message.respond(answer, _APPROVED), "00"
 
 
 def echo(message: Message, context: SessionContext) -> Answer:
@@ -154,6 +169,8 @@ class Dispatcher:
     def __init__(self, registry: Registry, metrics: Metrics) -> None:
         self.registry = registry
         self.metrics = metrics
+        self._lookup = registry.lookup  # bound once: the per-message path
+        self._message = metrics.message
 
     def profile(self, name: str) -> Any:
         return get_profile(name)
@@ -165,18 +182,29 @@ class Dispatcher:
             mti = message.mti
         except CodecError as error:
             return self._format_error(error, context)
-        handler = self.registry.lookup(mti, context.mode)
+        handler = self._lookup(mti, context.mode)
         if handler is None:
             return self._unsupported(message, context)
         try:
             answer = handler(message, context)
         except CodecError as error:
             return self._format_error(error, context, message)
-        kind = type(answer)
-        if kind is not bytes and kind is not tuple and answer is not None \
-                and inspect.isawaitable(answer):
-            return self._await(answer, message, context)
-        return self._count(mti, answer, context)  # type: ignore[arg-type]
+        # _count, inlined for the two usual forms
+        kind = answer.__class__
+        if kind is tuple:
+            answer, result = answer  # type: ignore[misc]
+        elif kind is bytes:
+            result = "answered"
+        elif answer is None:
+            result = "no_answer"
+        elif hasattr(answer, "__await__"):  # a coroutine, task, future: a slow dialogue
+            return self._await(answer, message, context)  # type: ignore[arg-type]
+        else:
+            return self._count(mti, answer, context)  # type: ignore[arg-type]
+        self._message(mti, result)
+        if context.debug:
+            context.log.debug("cb2a.dialogue", mti=mti, result=result)
+        return answer  # type: ignore[return-value]
 
     async def _await(self, answer: Awaitable[Answer | Labelled], message: Message,
                      context: SessionContext) -> Answer:
@@ -191,8 +219,9 @@ class Dispatcher:
             answer, result = answer
         else:
             result = "no_answer" if answer is None else "answered"
-        self.metrics.message(mti, result)
-        context.log.debug("cb2a.dialogue", mti=mti, result=result)
+        self._message(mti, result)
+        if context.debug:
+            context.log.debug("cb2a.dialogue", mti=mti, result=result)
         return answer  # type: ignore[return-value]
 
     def _unsupported(self, message: Message, context: SessionContext) -> Answer:
