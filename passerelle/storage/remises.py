@@ -342,13 +342,17 @@ class RemiseWriter:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
 
-    async def store(self, remise: Remise, *, spooled: bool = False) -> StoreOutcome:
-        """Store `remise` once; return after COMMIT. `spooled` marks a replayed remise.
+    async def store(self, remise: Remise, *, spooled: bool = False,
+                    validated: bool = False) -> StoreOutcome:
+        """Store `remise` once; return after COMMIT. `spooled` marks a replayed remise;
+        `validated`: the caller has just run `validate(remise)` (RemiseSink), so it is not
+        run twice.
 
         Raises `InvalidRemise` or `UnknownReference` for a remise that can never be stored,
         `DatabaseUnavailable` when PostgreSQL is away (the caller spools and retries).
         """
-        validate(remise)
+        if not validated:
+            validate(remise)
         what = f"storing remise {remise.remise_number} of {remise.terminal_serial!r}"
         with translate_errors(what):
             try:

@@ -33,7 +33,7 @@ import msgspec
 import structlog
 
 from passerelle.storage.db import DatabaseUnavailable, StorageError
-from passerelle.storage.remises import Remise, RemiseWriter, validate
+from passerelle.storage.remises import Remise, RemiseWriter, StoreOutcome, validate
 
 log = structlog.get_logger("passerelle.storage")
 MAGIC = b"PSJ1"
@@ -258,6 +258,13 @@ class Spool:
 Outcome = Literal["stored", "already_stored", "spooled"]
 
 
+def outcome_name(result: StoreOutcome | None) -> Outcome:
+    """What `RemiseSink.store` did, in a word (for logs and metrics labels)."""
+    if result is None:
+        return "spooled"
+    return "stored" if result.stored else "already_stored"
+
+
 @dataclass
 class ReplayReport:
     stored: int = 0
@@ -286,21 +293,21 @@ class RemiseSink:
         self._down_until = 0.0
         self._replay_lock = asyncio.Lock()
 
-    async def store(self, remise: Remise) -> Outcome:
+    async def store(self, remise: Remise) -> StoreOutcome | None:
+        """The writer's `StoreOutcome` (for a repeat: what was stored first, its status
+        included), or None when the remise went to the spool (see `outcome_name`)."""
         validate(remise)  # a bad remise is refused now, not discovered at replay
         if time.monotonic() >= self._down_until:
             try:
-                outcome = await self.writer.store(remise)
+                return await self.writer.store(remise, validated=True)  # validated above
             except DatabaseUnavailable as exc:
                 self._down_until = time.monotonic() + self.retry_after_s
                 log.warning("spool.database_unavailable", error=str(exc))
-            else:
-                return "stored" if outcome.stored else "already_stored"
         await asyncio.to_thread(self.spool.append, KIND_REMISE, _ENCODER.encode(remise))
         log.info("spool.remise_spooled", terminal=remise.terminal_serial,
                  contract=remise.contract_number, application=remise.application,
                  remise=remise.remise_number, transactions=len(remise.transactions))
-        return "spooled"
+        return None
 
     async def replay(self) -> ReplayReport:
         """Feed every spooled remise to the writer, oldest first; delete what is done."""

@@ -102,7 +102,7 @@ from passerelle.storage.remises import (
     compute_totals,
     remise_status,
 )
-from passerelle.storage.spool import RemiseSink
+from passerelle.storage.spool import RemiseSink, outcome_name
 from passerelle.switchd.dispatch import Answer, Registry, SessionContext, echo
 
 __all__ = [
@@ -129,11 +129,6 @@ _WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
 _OPERATIONS = {"00": "purchase", "20": "refund"}
 _MAX_FILES_PER_SESSION = 64
 _LOOKUP_TIMEOUT = 2.0
-_STORED_STATUS = """
-SELECT r.status FROM remise_keys k JOIN remises r ON r.id = k.id
- WHERE k.terminal_serial = %s AND k.contract_number = %s AND k.application = %s
-   AND k.remise_number = %s
-"""
 _KNOWN_FOR = 60.0
 _MAX_KNOWN = 100_000
 _LOOKUP = """
@@ -216,20 +211,6 @@ class TelecollecteServices:
             self._known[key] = now + _KNOWN_FOR
         return found
 
-
-    async def stored_status(self, remise: Remise, log: Any) -> str | None:
-        """The status of the remise stored under `remise`'s key; None if it cannot be read."""
-        if self.pool is None:
-            return None
-        try:
-            async with asyncio.timeout(_LOOKUP_TIMEOUT):
-                async with self.pool.connection(timeout=_LOOKUP_TIMEOUT) as conn:
-                    cur = await conn.execute(_STORED_STATUS, remise.key)
-                    row = await cur.fetchone()
-        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
-            log.warning("telecollecte.lookup_unavailable", error=str(exc).strip()[:200])
-            return None
-        return None if row is None else str(row[0])
 
 
 class Phase(enum.Enum):
@@ -650,7 +631,7 @@ class Telecollecte:
         computed = compute_totals(file.transactions)
         status = remise_status(declared, computed, file.currency)
         try:
-            outcome = await services.sink.store(remise)
+            result = await services.sink.store(remise)
         except UnknownReference as exc:
             code = "58" if str(exc).startswith("unknown terminal") else "03"
             raise Refused(code, str(exc)) from None
@@ -662,9 +643,10 @@ class Telecollecte:
         dialogue.phase = Phase.SIGNED_ON
         dialogue.files_done += 1
         context.busy = False
-        if outcome == "already_stored":  # answer for what is stored, not for this copy
-            stored = await services.stored_status(remise, context.log)
-            if stored is not None and stored != status:
+        outcome = outcome_name(result)
+        if result is not None and not result.stored:  # answer for what is stored
+            stored = result.status
+            if stored != status:
                 context.log.warning("telecollecte.repeat_differs", terminal=dialogue.terminal,
                                     remise=file.remise_number, stored_status=stored,
                                     repeat_status=status)

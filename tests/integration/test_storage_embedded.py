@@ -17,7 +17,7 @@ from passerelle.storage.embedded import EmbeddedPostgres
 from passerelle.storage.migrate import migrate
 from passerelle.storage.remises import RemiseWriter
 from passerelle.storage.runtime import Storage
-from passerelle.storage.spool import RemiseSink, Spool
+from passerelle.storage.spool import RemiseSink, Spool, outcome_name
 from tests.integration.storage_helpers import make_remise, setup_fleet
 
 pytestmark = pytest.mark.integration
@@ -53,11 +53,11 @@ def test_remises_acknowledged_during_an_outage_are_stored_once_after_it(
         outcomes = []
         async with open_pool(dsn, settings) as pool:
             sink = RemiseSink(RemiseWriter(pool), spool, retry_after_s=0)
-            outcomes.append(await sink.store(remises[0]))
-            outcomes.append(await sink.store(remises[1]))
+            outcomes.append(outcome_name(await sink.store(remises[0])))
+            outcomes.append(outcome_name(await sink.store(remises[1])))
             server.stop()  # PostgreSQL goes away with connections open in the pool
             for remise in (*remises[2:5], remises[1]):
-                outcomes.append(await sink.store(remise))
+                outcomes.append(outcome_name(await sink.store(remise)))
             server.start()
             stored = already = 0
             for _attempt in range(30):  # the pool reconnects with backoff, as in production
@@ -66,7 +66,7 @@ def test_remises_acknowledged_during_an_outage_are_stored_once_after_it(
                 if report.finished:
                     break
             outcomes.append(f"replayed {stored}+{already}")
-            outcomes.append(await sink.store(remises[5]))
+            outcomes.append(outcome_name(await sink.store(remises[5])))
         return outcomes
 
     try:
@@ -95,8 +95,8 @@ def test_storage_runtime_on_the_embedded_default_stores_and_stops(
     async def run() -> tuple[str, str, int | None]:
         async with Storage(settings) as storage:
             setup_fleet(storage.dsn)
-            first = await storage.sink.store(make_remise(remise_number=1))
-            again = await storage.sink.store(make_remise(remise_number=1))
+            first = outcome_name(await storage.sink.store(make_remise(remise_number=1)))
+            again = outcome_name(await storage.sink.store(make_remise(remise_number=1)))
             return first, again, storage.embedded.pid if storage.embedded else None
 
     first, again, pid = asyncio.run(run())
@@ -115,7 +115,7 @@ def test_storage_runtime_starts_with_the_database_away_and_catches_up(
 
     async def outage() -> str:
         async with Storage(down, replay_interval_s=3600) as storage:
-            return await storage.sink.store(remise)
+            return outcome_name(await storage.sink.store(remise))
 
     async def back() -> None:
         # The database returns empty: the schema is created before the spool is replayed.

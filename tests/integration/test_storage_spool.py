@@ -10,12 +10,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
 from passerelle.storage.db import StorageSettings, open_pool
-from passerelle.storage.remises import Remise, RemiseWriter
-from passerelle.storage.spool import RemiseSink, ReplayReport, Spool, SpoolError
+from passerelle.storage.remises import InvalidRemise, Remise, RemiseWriter, StoreOutcome
+from passerelle.storage.spool import RemiseSink, ReplayReport, Spool, SpoolError, outcome_name
 from tests.integration.storage_helpers import make_remise, setup_fleet
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ FAST = StorageSettings(connect_timeout_s=1, pool_min_size=0, pool_max_size=4)
 async def _store_all(dsn: str, spool: Spool, remises: list[Remise]) -> list[str]:
     async with open_pool(dsn, FAST) as pool:
         sink = RemiseSink(RemiseWriter(pool), spool)
-        return [await sink.store(r) for r in remises]
+        return [outcome_name(await sink.store(r)) for r in remises]
 
 
 async def _replay(dsn: str, spool: Spool) -> ReplayReport:
@@ -156,7 +157,7 @@ _CHILD = textwrap.dedent(
                 while True:
                     number += 1
                     remise = make_remise(remise_number=number, transactions=400, seed=number)
-                    assert await sink.store(remise) == "spooled"
+                    assert await sink.store(remise) is None  # spooled
                     print(number, flush=True)
 
     asyncio.run(main())
@@ -192,3 +193,62 @@ def test_kill_9_mid_append_loses_no_acknowledged_remise(db_dsn: str, tmp_path: P
     assert stored[: len(acknowledged)] == acknowledged
     assert stored == list(range(1, len(stored) + 1))  # in order, none twice, no gap
     assert report.stored == len(stored) and report.rejected == []
+
+
+def test_the_sink_validates_once_and_returns_the_stored_outcome(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from passerelle.storage import remises as remises_module
+    from passerelle.storage import spool as spool_module
+
+    calls: list[int] = []
+    real_validate = remises_module.validate
+
+    def counted(remise: Remise) -> None:
+        calls.append(remise.remise_number)
+        real_validate(remise)
+
+    monkeypatch.setattr(remises_module, "validate", counted)
+    monkeypatch.setattr(spool_module, "validate", counted)
+    setup_fleet(db_dsn)
+    remise = make_remise(remise_number=7, transactions=4, seed=7)
+    wrong = msgspec.structs.replace(remise, declared=msgspec.structs.replace(
+        remise.declared, purchases_count=remise.declared.purchases_count + 1))
+
+    async def scenario() -> tuple[object, object, object]:
+        async with open_pool(db_dsn, FAST) as pool:
+            with Spool(tmp_path / "spool") as spool:
+                sink = RemiseSink(RemiseWriter(pool), spool)
+                first = await sink.store(wrong)  # stored with its difference
+                repeat = await sink.store(remise)  # same key: what was stored first
+                direct = await RemiseWriter(pool).store(remise)  # the writer alone validates
+                return first, repeat, direct
+
+    first, repeat, direct = asyncio.run(scenario())
+    assert calls == [7, 7, 7]  # once per store, never twice
+    assert isinstance(first, StoreOutcome) and first.stored and not first.is_correct
+    assert first.status.startswith("ECART")
+    assert outcome_name(first) == "stored" and outcome_name(None) == "spooled"
+    assert isinstance(repeat, StoreOutcome) and not repeat.stored
+    assert (repeat.remise_id, repeat.status, repeat.transaction_count) == (
+        first.remise_id, first.status, 4)
+    assert outcome_name(repeat) == "already_stored" and direct == repeat
+
+
+def test_the_sink_still_refuses_an_invalid_remise_before_storing(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(remise_number=8, transactions=2, seed=8)
+    bad = msgspec.structs.replace(remise, transactions=[
+        msgspec.structs.replace(remise.transactions[0], pan_hmac=b"short"),
+        *remise.transactions[1:]])
+
+    async def scenario() -> None:
+        async with open_pool(db_dsn, FAST) as pool:
+            with Spool(tmp_path / "spool") as spool:
+                await RemiseSink(RemiseWriter(pool), spool).store(bad)
+
+    with pytest.raises(InvalidRemise, match="pan_hmac"):
+        asyncio.run(scenario())
+    assert _stored_order(db_dsn) == []

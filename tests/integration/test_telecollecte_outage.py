@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from passerelle.sim.telecollecte import FileResult, dial, generate_batches, telecollecte
 from passerelle.storage.embedded import EmbeddedPostgres
 from passerelle.storage.migrate import migrate
+from passerelle.storage.spool import outcome_name
 from tests.integration.storage_helpers import setup_fleet
 from tests.integration.telecollecte_helpers import (
     assert_stored_as_sent,
@@ -70,7 +71,7 @@ def test_postgres_stopped_mid_run_loses_nothing_acknowledged(
 
                 async def store(remise: Any) -> Any:
                     outcome = await real_store(remise)
-                    outcomes.append(outcome)
+                    outcomes.append(outcome_name(outcome))
                     if outcomes.count("stored") == STOP_AFTER and not down.is_set():
                         down.set()
                         await asyncio.to_thread(server.stop)  # mid-run, connections open
