@@ -29,6 +29,10 @@ CHUNK = 64 * 1024
 _DONE = object()
 
 
+def _no_progress(_rows: int) -> None:
+    """`write_csv` reports progress for mpctl's bar; a download has none."""
+
+
 class _Cancelled(Exception):
     """The client went away: the producer unwinds."""
 
@@ -76,11 +80,11 @@ def stream_csv(pool: ConnectionPool, kind: str, filters: Any,
             with pool.connection() as conn:
                 if kind == "remises":
                     rows: Any = queries.iter_remises(conn, filters, user_id)
-                    write_csv(writer, REMISE_HEADER, rows, remise_cells, lambda: None)
+                    write_csv(writer, REMISE_HEADER, rows, remise_cells, _no_progress)
                 else:
                     rows = queries.iter_transactions(conn, filters, user_id)
                     write_csv(writer, TRANSACTION_HEADER, rows, transaction_cells,
-                              lambda: None)
+                              _no_progress)
                 writer.flush()
             writer.put(_DONE)
         except _Cancelled:
