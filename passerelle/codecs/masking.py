@@ -38,7 +38,8 @@ def mask_track(track: str) -> str:
     return mask_pan(track[:cut]) + track[cut] + "*" * (len(track) - cut - 1)
 
 
-def _luhn(digits: str) -> bool:
+def luhn(digits: str) -> bool:
+    """The Luhn check every real PAN passes (digits only, no length check)."""
     total = 0
     for index, char in enumerate(reversed(digits)):
         value = ord(char) - 48
@@ -53,7 +54,7 @@ def _has_card_number(run: str) -> bool:
     for size in range(13, min(19, len(run)) + 1):
         for start in range(len(run) - size + 1):
             window = run[start : start + size]
-            if window[0] != "0" and _luhn(window):
+            if window[0] != "0" and luhn(window):
                 return True
     return False
 

@@ -27,6 +27,7 @@ from passerelle.codecs.cbcom import PROTOCOL_TRANSFER, ProtocolId
 from passerelle.codecs.errors import CodecError
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.codecs.profiles import get_profile
+from passerelle.sim.history import luhn_complete
 from passerelle.sim.terminal import SessionEnded, Terminal
 
 __all__ = [
@@ -144,15 +145,6 @@ class Refusal(Exception):
 
 
 # -- generation ------------------------------------------------------------------------------
-def luhn_complete(prefix: str) -> str:
-    """`prefix` plus the check digit that makes it Luhn-valid."""
-    total = 0
-    for index, char in enumerate(reversed(prefix)):
-        value = int(char) * (1 if index % 2 else 2)
-        total += value - 9 if value > 9 else value
-    return prefix + str((10 - total % 10) % 10)
-
-
 def generate_batches(rng: random.Random, terminal: str, contract: str, application: str, *,
                      days: int = 3, per_day: tuple[int, int] = (5, 40),
                      first_remise: int = 1, now: datetime | None = None) -> list[Batch]:

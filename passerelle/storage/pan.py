@@ -12,6 +12,7 @@ import hmac
 
 import msgspec
 
+from passerelle.codecs.masking import luhn
 from passerelle.storage.db import StorageError
 
 _MIN_PAN, _MAX_PAN = 12, 19
@@ -70,10 +71,4 @@ def luhn_valid(digits: str) -> bool:
     """True when `digits` (12-19 of them) passes the Luhn check, as every real PAN does."""
     if not digits.isascii() or not digits.isdigit() or not _MIN_PAN <= len(digits) <= _MAX_PAN:
         return False
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
+    return luhn(digits)
