@@ -13,6 +13,7 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Any
 
+from passerelle.routing.deadlines import Deadlines
 from passerelle.routing.errors import LinkBusy, LinkDown, LinkTimeout, RoutingError
 
 Key = tuple[str, str, str, str]
@@ -34,6 +35,7 @@ class Mux:
         self._answered: OrderedDict[Key, None] = OrderedDict()
         self._abandoned: OrderedDict[Key, None] = OrderedDict()
         self.strays = {"late": 0, "duplicate": 0, "unknown": 0}
+        self._deadlines = Deadlines()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -111,10 +113,11 @@ class Mux:
     async def wait(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Any:
         """The answer to `key`, or LinkTimeout after `timeout` (the key is then abandoned).
 
-        A timer handle rather than `asyncio.timeout` + `shield`: this runs per request.
+        One shared deadline queue rather than a timer per request (`routing.deadlines`):
+        this runs for every request and nearly every request is answered in time.
         """
-        timer = asyncio.get_running_loop().call_later(timeout, self._expire, key, future,
-                                                      timeout)
+        timer = self._deadlines.add(asyncio.get_running_loop().time() + timeout, self._expire,
+                                    key, future, timeout)
         try:
             return await future
         except asyncio.CancelledError:

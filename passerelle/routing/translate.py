@@ -17,8 +17,9 @@ import functools
 from datetime import datetime
 from typing import Any
 
+from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
 from passerelle.codecs.iso8583 import CodecError, Message, encode
-from passerelle.codecs.profile import Profile
+from passerelle.codecs.layout import read_units
 from passerelle.codecs.profiles import get_profile
 from passerelle.routing.settings import AcquirerSettings
 
@@ -121,69 +122,241 @@ def _same_wire(source: str, target: str) -> frozenset[int]:
     return frozenset(same)
 
 
-@functools.lru_cache(maxsize=256)
-def _field_wire(profile: str, number: int, value: str) -> memoryview:
-    """One constant field's wire bytes (an acquirer's own identifiers), encoded once."""
-    return memoryview(get_profile(profile).encoders[number](value))  # type: ignore[misc]
+def _prefix_bytes(spec: FieldSpec, units: int) -> bytes:
+    """A variable field's length prefix as `spec` writes it."""
+    size = spec.prefix_size
+    if spec.prefix is Prefix.BINARY:
+        return units.to_bytes(size, "big")
+    if spec.prefix is Prefix.BCD:
+        return bytes.fromhex(f"{units:0{2 * size}d}")
+    return f"{units:0{spec.var}d}".encode(spec.prefix.value)
 
 
-def _build(profile: Profile, mti: str, fields: dict[int, Any]) -> bytes:
-    """`encode()` for fields 2-64, where a `memoryview` value is already wire bytes."""
+class _Reprefix:
+    """A variable field copied with another length prefix: the source's prefix read, the
+    target's written from a table (both are tiny: LL or LLL)."""
+
+    __slots__ = ("number", "prefixes", "source", "source_size", "target_name")
+
+    def __init__(self, source: FieldSpec, target: FieldSpec, target_name: str) -> None:
+        self.number = source.number
+        self.source = source
+        self.source_size = source.prefix_size
+        self.prefixes = tuple(_prefix_bytes(target, units) for units in range(target.max_len + 1))
+        self.target_name = target_name
+
+    def units(self, raw: memoryview) -> int:
+        if self.source.prefix is Prefix.BINARY and self.source_size == 1:
+            units: int = raw[0]
+        else:
+            units = read_units(bytes(raw), 0, self.source_size, self.source)
+        if units >= len(self.prefixes):
+            raise CodecError(self.number, 0, f"{units} units, at most "
+                             f"{len(self.prefixes) - 1} towards {self.target_name}")
+        return units
+
+
+def _reprefixable(x: FieldSpec, y: FieldSpec) -> bool:
+    """Variable fields whose bodies are the same bytes in both profiles; only the length
+    prefix may be written differently (CB2A's binary LL against ISO 93's BCD LL)."""
+    return (bool(x.var) and bool(y.var) and x.sub is None and y.sub is None
+            and (x.kind, x.data, x.half, x.count_digits) == (y.kind, y.data, y.half,
+                                                             y.count_digits))
+
+
+# CB2A 55 tag (2 bytes) -> its BER tag bytes, or b"" for a CB-only tag that is left out.
+_BER_TAGS: dict[bytes, bytes] = {}
+
+
+def _ber_tag_of(tag: bytes) -> bytes:
+    ber = _BER_TAGS.get(tag)
+    if ber is None:
+        name = tag[1:] if tag[0] == 0 else tag
+        ber = name if _ber_tag(name.hex().upper()) else b""
+        if len(_BER_TAGS) < 4096:
+            _BER_TAGS[tag] = ber
+    return ber
+
+
+def cb_raw_to_ber(body: bytes | memoryview) -> bytes:
+    """`ber_encode(cb_to_ber(...))` straight from CB2A 55 bytes (2-byte tag, 1-byte
+    length, value), without building the pairs: this runs for every chip authorization."""
+    out: list[bytes | memoryview] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        start = pos + 3
+        if start > end:
+            raise CodecError(55, pos, "truncated sub-element header")
+        size = body[pos + 2]
+        if start + size > end:
+            raise CodecError(55, pos, f"sub-element length {size} runs past the field")
+        tag = _ber_tag_of(bytes(body[pos:pos + 2]))
+        if tag:
+            out.append(tag)
+            out.append(_BER_LENGTHS[size])
+            out.append(body[start:start + size])
+        pos = start + size
+    return b"".join(out)
+
+
+_BER_LENGTHS = tuple(bytes((n,)) if n < 0x80 else bytes((0x81, n)) for n in range(256))
+
+
+def _bcd_fixed(spec: FieldSpec | None, digits: int) -> bool:
+    return (spec is not None and not spec.var and spec.kind is Kind.N and spec.data is Data.BCD
+            and spec.max_len == digits)
+
+
+# What the acquirer's message carries, field by field (how each is made; `_plan`).
+_RAW, _PREFIX, _CONST, _WHEN93, _ICC, _VALUE = range(6)
+
+
+class _Plan:
+    """How to build one acquirer request from one shape of terminal request (its MTI and
+    fields): the MTI and bitmap bytes, then one step per field, in wire order."""
+
+    __slots__ = ("head", "mti", "steps", "when93")
+
+    def __init__(self, head: bytes, mti: str, steps: tuple[tuple[int, int, Any], ...],
+                 when93: bool) -> None:
+        self.head = head
+        self.mti = mti
+        self.steps = steps
+        self.when93 = when93
+
+
+_PLANS: dict[tuple[str, str, tuple[int, ...], str, str], _Plan] = {}
+_MAX_PLANS = 1024  # shapes of request x acquirers; hostile input cannot grow it
+
+
+def _plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
+    key = (request.profile.name, request.mti, request.numbers, target_name, acquirer_id)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _make_plan(request, target_name, acquirer_id)
+    return plan
+
+
+def _make_plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
+    source, target = request.profile, get_profile(target_name)
+    present = set(request.numbers)
+    iso93 = target_name == "iso93-binary"
+    wanted = {n for n in _COPIED if n in present} | {12, 32}
+    wanted |= {35, 55} & present
+    if not iso93:
+        wanted |= {13} | ({22, 25} & present)
+    same = _same_wire(source.name, target_name)
+    when93 = iso93 and {12, 13} <= present and _bcd_fixed(source.specs[12], 6) \
+        and _bcd_fixed(source.specs[13], 4) and _bcd_fixed(target.specs[12], 12)
+    steps: list[tuple[int, int, Any]] = []
+    for n in sorted(wanted):
+        x, y = source.specs[n], target.specs[n]
+        assert y is not None
+        if n == 32:
+            steps.append((n, _CONST, target.encoders[32](acquirer_id)))  # type: ignore[misc]
+        elif n == 12 and when93:
+            steps.append((n, _WHEN93, None))
+        elif n == 55 and x is not None and x.sub == "cb-tlv" and y.data is Data.BINARY \
+                and y.sub in ("ber-tlv", None) and y.var:
+            steps.append((n, _ICC, _Reprefix(x, y, target_name)))
+        elif n in (12, 13, 55) or x is None:
+            steps.append((n, _VALUE, None))
+        elif n in same:
+            steps.append((n, _RAW, None))
+        elif _reprefixable(x, y):
+            steps.append((n, _PREFIX, _Reprefix(x, y, target_name)))
+        else:
+            steps.append((n, _VALUE, None))
+    mti = "1" + request.mti[1:] if iso93 else request.mti
     bits = 0
-    parts: list[Any] = [b"", b""]
-    encoders = profile.encoders
-    for number in sorted(fields):
-        value = fields[number]
-        bits |= 1 << (64 - number)
-        parts.append(value if type(value) is memoryview else encoders[number](value))  # type: ignore[misc]
-    parts[0] = bytes.fromhex(mti) if profile.mti_bcd else mti.encode(profile.mti_encoding)
+    for n in wanted:
+        bits |= 1 << (64 - n)
     bitmap = bits.to_bytes(8, "big")
-    parts[1] = bitmap.hex().upper().encode() if profile.bitmap_hex else bitmap
-    return b"".join(parts)
+    head = (bytes.fromhex(mti) if target.mti_bcd else mti.encode(target.mti_encoding)) + (
+        bitmap.hex().upper().encode() if target.bitmap_hex else bitmap)
+    return _Plan(head, mti, tuple(steps), when93)
+
+
+def _bcd_byte(value: int) -> bytes:
+    return bytes(((value // 10) << 4 | value % 10,))
 
 
 def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime,
                 known: dict[int, Any] | None = None) -> tuple[bytes, Key]:
     """The acquirer's request for a terminal's 0100, and the key its answer will carry.
 
-    Fields both profiles encode alike are copied as raw slices; only the others are
-    converted and encoded (this runs for every authorization). `known` holds fields the
-    caller has already converted (2, 11, 12, 13, 41, 55), so they are not converted twice.
+    Built from raw slices (this runs for every authorization): fields both profiles encode
+    alike are copied, variable fields whose bodies agree get the target's length prefix,
+    ISO 93's YYMMDDhhmmss is the year's BCD byte before the terminal's own 13 and 12 bytes;
+    only the rest is converted and encoded. The steps for a shape of request are worked out
+    once (`_plan`). `known` holds fields the caller has already converted (41, 55), so they
+    are not converted twice.
     """
     profile_name = acquirer.profile
     if profile_name == "cb2a":
         return request.wire, key_of(request, answer_mti(request.mti))
     known = known or {}
+    plan = _plan(request, profile_name, acquirer.acquirer_id)
+    target = get_profile(profile_name)
+    encoders = target.encoders
+    parts: list[Any] = [plan.head]
+    append = parts.append
+    mmdd = hhmmss = when = ""
+    for n, step, data in plan.steps:
+        if step == _RAW:
+            append(request.raw(n))
+        elif step == _CONST:
+            append(data)
+        elif step == _PREFIX:
+            raw = request.raw(n)
+            append(data.prefixes[data.units(raw)])
+            append(raw[data.source_size:])
+        elif step == _ICC:
+            icc = cb_raw_to_ber(request.raw(n)[data.source_size:])
+            if len(icc) >= len(data.prefixes):
+                raise CodecError(55, 0, f"{len(icc)} bytes of chip data, at most "
+                                 f"{len(data.prefixes) - 1} towards {profile_name}")
+            append(data.prefixes[len(icc)])
+            append(icc)
+        elif step == _WHEN93:
+            when_wire = _bcd_byte(now.year % 100) + bytes(request.raw(13)) + bytes(
+                request.raw(12))
+            when = when_wire.hex()
+            if not when.isdigit():
+                raise CodecError(12, 0, "local date/time is not BCD digits")
+            append(when_wire)
+        else:
+            append(encoders[n](_value(request, n, known, now, profile_name)))  # type: ignore[misc]
+    if not plan.when93:
+        mmdd = request.get(13) or f"{now.month:02d}{now.day:02d}"
+        hhmmss = request.get(12) or f"{now.hour:02d}{now.minute:02d}{now.second:02d}"
+        when = f"{now.year % 100:02d}{mmdd}{hhmmss}" if profile_name == "iso93-binary" \
+            else mmdd + hhmmss
+    terminal = known.get(41)
+    if terminal is None:
+        terminal = str(request.get(41, "")).strip()
+    return b"".join(parts), (answer_mti(plan.mti), terminal, str(request.get(11, "")), when)
 
-    def get(number: int, default: Any = None) -> Any:
-        value = known.get(number)
-        return request.get(number, default) if value is None else value
 
-    same = _same_wire(request.profile.name, profile_name)
-    fields: dict[int, Any] = {n: request.raw(n) if n in same else get(n)
-                              for n in _COPIED if n in request}
-    fields[32] = _field_wire(profile_name, 32, acquirer.acquirer_id)
-    if 35 in request:
-        fields[35] = get(35)
-    mmdd = get(13) or f"{now.month:02d}{now.day:02d}"
-    hhmmss = get(12) or f"{now.hour:02d}{now.minute:02d}{now.second:02d}"
-    if profile_name == "iso93-binary":
-        mti = "1" + request.mti[1:]
-        fields[12] = when = f"{now.year % 100:02d}{mmdd}{hhmmss}"
-        if 55 in request:
-            fields[55] = cb_to_ber(get(55))
-    else:
-        mti = request.mti
-        fields[12], fields[13] = hhmmss, mmdd
-        when = mmdd + hhmmss
-        for n in (22, 25):
-            if n in request:
-                fields[n] = request.raw(n) if n in same else get(n)
-        if 55 in request:
-            fields[55] = ber_encode(cb_to_ber(get(55)))
-    wire = _build(get_profile(profile_name), mti, fields)
-    terminal = str(get(41, "")).strip()
-    return wire, (answer_mti(mti), terminal, str(get(11, "")), when)
+def _value(request: Message, n: int, known: dict[int, Any], now: datetime,
+           profile_name: str) -> Any:
+    """A field of the acquirer's request that is converted, not copied."""
+    if n in (12, 13):
+        mmdd = request.get(13) or f"{now.month:02d}{now.day:02d}"
+        hhmmss = request.get(12) or f"{now.hour:02d}{now.minute:02d}{now.second:02d}"
+        if n == 13:
+            return mmdd
+        return f"{now.year % 100:02d}{mmdd}{hhmmss}" if profile_name == "iso93-binary" \
+            else hhmmss
+    value = known.get(n)
+    if value is None:
+        value = request.get(n)
+    if n == 55:
+        pairs = cb_to_ber(value)
+        return pairs if profile_name == "iso93-binary" else ber_encode(pairs)
+    return value
 
 
 def follow_up(original: bytes, acquirer: AcquirerSettings, kind: str,

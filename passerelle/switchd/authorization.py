@@ -59,6 +59,7 @@ from passerelle.codecs.profiles import get_profile
 from passerelle.hsm.errors import HSMError
 from passerelle.routing import translate
 from passerelle.routing.application import read_application
+from passerelle.routing.deadlines import Deadlines
 from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout, RoutingError
 from passerelle.routing.link import AcquirerLink
 from passerelle.routing.metrics import RoutingMetrics
@@ -109,6 +110,17 @@ class Directory:
                 contracts[t.contract].active if t.contract in contracts else True)
             for t in auth.terminals}
         self._cache: dict[str, tuple[float, TerminalInfo | None]] = {}
+
+    def cached(self, terminal_id: str) -> tuple[bool, TerminalInfo | None]:
+        """(True, answer) without waiting when there is one (configuration, or a fresh
+        cache entry), else (False, None): `lookup` has to be awaited. Most requests take
+        this path, which saves them a coroutine."""
+        if self.pool is None:
+            return True, self._configured.get(terminal_id)
+        cached = self._cache.get(terminal_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return True, cached[1] or self._configured.get(terminal_id)
+        return False, None
 
     async def lookup(self, terminal_id: str) -> TerminalInfo | None:
         if self.pool is None:
@@ -277,6 +289,10 @@ class Authorizer:
 
     def __init__(self, services: AuthServices) -> None:
         self.s = services
+        auth = services.settings.authorization
+        self._budget = auth.deadline - auth.margin  # settings are not reloaded
+        self._currencies = frozenset(auth.currencies)
+        self._deadlines = Deadlines()
         self._stand_in_numbers = itertools.count(1)
         # (terminal, STAN) -> what to reverse if the terminal reverses it: recent approvals
         # only, bounded; the acquirer message holds a PAN, so it lives in memory only.
@@ -325,20 +341,38 @@ class Authorizer:
         return await self._authorize(message, _Attempt())
 
     async def _authorize(self, message: Message, state: _Attempt) -> bytes:
+        """`_decide` under the terminal's deadline.
+
+        The deadline is an entry in one shared queue (`routing.deadlines`), not an
+        `asyncio.timeout` per request: when it passes, the task is cancelled and the
+        cancellation is turned into the 91 answer here, as `asyncio.timeout` would do.
+        """
         loop = asyncio.get_running_loop()
-        settings = self.s.settings.authorization
-        deadline = loop.time() + settings.deadline - settings.margin
+        deadline = loop.time() + self._budget
+        task = asyncio.current_task()
+        if task is None:  # not in a task (never in switchd): a plain timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await self._decide(message, state, deadline)
+            except TimeoutError:
+                return self._overdue_answer(message, state)
+        cancelling = task.cancelling()
+        timer = self._deadlines.add(deadline, _overdue, task, state)
         try:
-            async with asyncio.timeout_at(deadline):
-                answer = await self._decide(message, state, deadline)
-        except TimeoutError:
-            if state.wire is not None and state.acquirer is not None:
-                self.s.queue_saf(state.acquirer, "reversal", state.wire)
-            answer = self._answer(message, state, "91")
-        return answer
+            return await self._decide(message, state, deadline)
+        except asyncio.CancelledError:
+            if not state.overdue or task.uncancel() > cancelling:
+                raise  # cancelled by someone else (shutdown)
+        finally:
+            timer.cancel()
+        return self._overdue_answer(message, state)
+
+    def _overdue_answer(self, message: Message, state: _Attempt) -> bytes:
+        if state.wire is not None and state.acquirer is not None:
+            self.s.queue_saf(state.acquirer, "reversal", state.wire)
+        return self._answer(message, state, "91")
 
     async def _decide(self, message: Message, state: _Attempt, deadline: float) -> bytes:
-        now = datetime.now(UTC)
         settings = self.s.settings.authorization
         pan, expiry = _pan_and_expiry(message)
         state.pan, state.expiry = pan, expiry
@@ -349,19 +383,23 @@ class Authorizer:
         state.currency = currency = int(message.get(49, "978"))
         if not luhn_valid(pan):
             return self._answer(message, state, "14")
+        now = datetime.now(UTC)
         if expiry is None or _expired(expiry, now):
             return self._answer(message, state, "54")
         if amount <= 0 or amount > settings.max_amount:
             return self._answer(message, state, "13")
-        if currency not in settings.currencies:
+        if currency not in self._currencies:
             return self._answer(message, state, "12")
         terminal = str(message.get(41, "")).strip()
         contract = str(message.get(42, "")).strip()
         state.terminal, state.contract = terminal, contract
-        info = await self.s.directory.lookup(terminal)
+        directory = self.s.directory
+        known_now, info = directory.cached(terminal)
+        if not known_now:
+            info = await directory.lookup(terminal)
         if info is None or info.contract != contract or not info.active:
             return self._answer(message, state, "03")
-        icc = message.get(55) if 55 in message else None
+        icc = message.get(55)
         known = {2: pan, 55: icc, 41: terminal}
         state.application = application = read_application(message, pan, info.application,
                                                             icc)
@@ -369,11 +407,12 @@ class Authorizer:
         if route is None:
             return self._answer(message, state, "92")
         loop = asyncio.get_running_loop()
+        links = self.s.links
         for name in route.acquirers:
             left = deadline - loop.time()
             if left < settings.min_attempt:
                 break
-            link = self.s.links.get(name)
+            link = links.get(name)
             if link is None or not link.up:
                 continue
             acquirer = link.settings
@@ -390,8 +429,9 @@ class Authorizer:
                 wire = translated
             state.acquirer, state.wire = acquirer, wire
             sent = loop.time()
+            timeout = acquirer.response_timeout
             try:
-                answer = await link.request(wire, key, min(acquirer.response_timeout, left))
+                answer = await link.request(wire, key, timeout if timeout < left else left)
             except DuplicateKey:
                 state.wire = None
                 return self._answer(message, state, "94")
@@ -536,11 +576,17 @@ class Authorizer:
         writer.log(record)
 
 
+def _overdue(task: asyncio.Task[Any], state: _Attempt) -> None:
+    """The terminal's deadline passed: stop the dialogue (`_authorize` answers 91)."""
+    state.overdue = True
+    task.cancel()
+
+
 class _Attempt:
     """What one authorization learned so far (for the answer, the log and a reversal)."""
 
     __slots__ = ("acquirer", "amount", "application", "code", "contract", "currency", "expiry",
-                 "pan", "stand_in", "started", "terminal", "wire")
+                 "overdue", "pan", "stand_in", "started", "terminal", "wire")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -554,6 +600,7 @@ class _Attempt:
         self.acquirer: AcquirerSettings | None = None
         self.wire: bytes | None = None
         self.stand_in = False
+        self.overdue = False
         self.code = ""
 
 
