@@ -128,6 +128,10 @@ class AuthorizationSettings(_Section):
     directory_retry: Seconds = 5.0
     # Recent approvals kept (in memory) so that a terminal's own reversal can be sent on.
     reversal_memory: Count = 50_000
+    # A reversal whose approval is not in this node's memory (it went through another
+    # node) is looked for in the shared auth log for this long: the approving node writes
+    # its log in batches (`authlog.flush_interval`), so the row may come a little later.
+    reversal_lookup: Seconds = 5.0
     terminals: list[TerminalEntry] = msgspec.field(default_factory=list)
     contracts: list[ContractEntry] = msgspec.field(default_factory=list)
     # The terminals' PIN encryption key (HSM name of a TPK) and PIN block format. DUKPT

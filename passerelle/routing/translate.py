@@ -14,7 +14,7 @@ its original's terminal, STAN and time but never its answer MTI.
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
@@ -359,15 +359,40 @@ def _value(request: Message, n: int, known: dict[int, Any], now: datetime,
     return value
 
 
+def original_request(reversal: Message, acquirer: AcquirerSettings, mti: str, stan: str,
+                     when: str) -> bytes:
+    """The acquirer request of an approval, rebuilt from the terminal's reversal of it.
+
+    A node that did not approve it has only the auth log row (the original's MTI, STAN
+    and `when`, the time part of its MUX key) and the reversal, which repeats the card and
+    amounts. The reversal's fields are taken as the original's, with its STAN and local
+    date/time (13, 12) set from the row; the result goes through `to_acquirer` like any
+    request, so its key, and the key of the reversal made of it, are the ones the
+    approving node used. CodecError when that cannot be built.
+    """
+    local = when[-10:]
+    if len(local) != 10 or not when.isdigit() or len(when) not in (10, 12):
+        raise CodecError(12, 0, f"logged acquirer time {when!r} is not [YY]MMDDhhmmss")
+    changes: dict[int, Any] = {11: stan, 13: local[:4], 12: local[4:]}
+    changes.update(dict.fromkeys(n for n in (38, 39, 90, 95) if n in reversal))
+    original = Message.parse(reversal.respond(mti, changes), reversal.profile)
+    year = 2000 + int(when[:2]) if len(when) == 12 else datetime.now(UTC).year
+    wire, key = to_acquirer(original, acquirer, datetime(year, 1, 1, tzinfo=UTC))
+    if key[3] != when:
+        raise CodecError(12, 0, f"rebuilt time {key[3]!r} differs from the logged {when!r}")
+    return wire
+
+
 def follow_up(original: bytes, acquirer: AcquirerSettings, kind: str,
               changes: dict[int, Any] | None = None) -> tuple[bytes, Key]:
-    """An advice (x120) or reversal (x420) of an acquirer request, and its answer key.
+    """An advice (x120, or x220 for a financial x200) or reversal (x420 for both) of an
+    acquirer request, and its answer key.
 
     Track and PIN data are left out; 90 (iso87/cb2a) or 56 (iso93) names the original.
     """
     profile = get_profile(acquirer.profile)
     message = Message.parse(original, profile)
-    base = message.mti[0] + ("420" if kind == "reversal" else "120")
+    base = message.mti[0] + ("420" if kind == "reversal" else message.mti[1] + "20")
     edits: dict[int, Any] = dict.fromkeys(n for n in (*SENSITIVE, 53, 55) if n in message)
     stan = str(message.get(11, "000000"))
     if acquirer.profile == "iso93-binary":

@@ -4,10 +4,10 @@ It speaks the profiles and framings an acquirer link does (iso93-binary, iso87-a
 2- or 4-byte length prefix) and answers:
 
 * network management (1804/0800): accepted (39 = 800 / 00);
-* authorization requests (x100): by `Rules` — decline above an amount, for a BIN prefix or
-  a card, or a scripted code for an exact amount; otherwise approve with an approval code
-  and issuer data in 55 (tag 91, issuer authentication data);
-* advices (x120) and reversals (x420): acknowledged, and counted by key in `received`, so a
+* authorization and financial requests (x100, x200): by `Rules` — decline above an
+  amount, for a BIN prefix or a card, or a scripted code for an exact amount; otherwise
+  approve with an approval code and issuer data in 55 (tag 91, issuer authentication data);
+* advices (x120, x220) and reversals (x420): acknowledged, and counted by key in `received`, so a
   test can check each was delivered exactly once.
 
 Faults, by exact amount (`faults`) or for every request (`fault`): "drop" (never answer),
@@ -120,6 +120,7 @@ class AcquirerSimulator:
         self.requests: Counter[str] = Counter()  # by MTI
         self.received: dict[str, Counter[Any]] = {"advice": Counter(), "reversal": Counter()}
         self.arrivals: list[tuple[str, Any]] = []  # advices and reversals, in arrival order
+        self.follow_ups: list[Message] = []  # the same messages, whole
         self.approved = 0
         self._approval = itertools.count(first_approval)
         self._pending: set[asyncio.TimerHandle] = set()
@@ -156,7 +157,7 @@ class AcquirerSimulator:
         if answer is None:
             return
         fault = self.rules.fault
-        if mti[1:] == "100":
+        if mti[1:] in ("100", "200"):
             fault = self.rules.faults.get(int(request.get(4, "0") or 0), fault)
         else:
             fault = None  # faults are for authorizations; SAF tests kill the host instead
@@ -200,13 +201,14 @@ class AcquirerSimulator:
                 return None
             return request.respond(out, {39: "800" if self.profile.name == "iso93-binary"
                                          else "00"})
-        if function in ("420", "421", "120", "121"):
+        if function in ("420", "421", "120", "121", "220", "221"):
             kind = "reversal" if function.startswith("42") else "advice"
             key = translate.key_of(request)
             self.received[kind][key] += 1
             self.arrivals.append((kind, key))
+            self.follow_ups.append(request)
             return request.respond(out, {39: self._code("00")})
-        if function not in ("100", "101"):
+        if function not in ("100", "101", "200", "201"):
             return None
         pan = str(request.get(2, ""))
         amount = int(request.get(4, "0") or 0)

@@ -29,7 +29,7 @@ log = structlog.get_logger("passerelle.storage")
 _COLUMNS = ("at", "mti", "terminal_serial", "contract_number", "application", "acquirer",
             "stan", "rrn", "amount", "currency", "pan_masked", "pan_hmac",
             "pan_hmac_key_version", "expiry", "response_code", "authorization_number",
-            "stand_in", "latency_ms", "error")
+            "stand_in", "latency_ms", "error", "acquirer_time")
 _COPY = f"COPY authorizations ({', '.join(_COLUMNS)}) FROM STDIN"
 
 
@@ -55,6 +55,49 @@ class AuthRecord(msgspec.Struct, array_like=True, frozen=True):
     stand_in: bool
     latency_ms: int | None
     error: str | None = None
+    # The time part of the acquirer request's key (migration 0009): what a reversal of
+    # this authorization must name. Last, so records spooled before it still decode.
+    acquirer_time: str | None = None
+
+
+APPROVED = ("00", "08", "10", "11")
+AUTHORIZATION_MTIS = ("0100", "0101", "0200", "0201")
+
+
+class Approval(msgspec.Struct, frozen=True):
+    """What the log knows of an approval that a terminal may reverse."""
+
+    mti: str
+    acquirer: str
+    acquirer_time: str | None
+    stand_in: bool
+    authorization_number: str | None
+
+
+async def find_approval(pool: AsyncConnectionPool, terminal: str, stan: str, *,
+                        within_hours: int = 48) -> Approval | None:
+    """The newest approval of (terminal, STAN) logged in the last `within_hours`, by any node.
+
+    A STAN comes round again after 999,999 messages of one terminal, so only recent rows
+    can be the one a reversal names (a terminal reverses within minutes; 48 h is our margin).
+    Raises StorageError when the database cannot answer.
+    """
+    try:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT mti, acquirer, acquirer_time, stand_in, authorization_number"
+                " FROM authorizations WHERE terminal_serial = %s AND stan = %s"
+                " AND at > now() - make_interval(hours => %s) AND acquirer IS NOT NULL"
+                " AND response_code = ANY(%s) AND mti = ANY(%s) ORDER BY at DESC LIMIT 1",
+                (terminal, stan, within_hours, list(APPROVED), list(AUTHORIZATION_MTIS)))
+            row = await cursor.fetchone()
+    except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+        raise DatabaseUnavailable(f"finding an approval: {error}") from error
+    except psycopg.Error as error:
+        raise StorageError(f"finding an approval: {error}") from error
+    except Exception as error:  # psycopg_pool.PoolTimeout and friends
+        raise DatabaseUnavailable(f"finding an approval: {error}") from error
+    return Approval(row[0], row[1], row[2] or None, bool(row[3]), row[4]) if row else None
 
 
 _ENCODER = msgspec.msgpack.Encoder()

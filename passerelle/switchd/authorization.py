@@ -1,4 +1,5 @@
-"""The authorization dialogue: 0100 -> validate -> route -> acquirer -> 0110 (DESIGN.md §4-5).
+"""The authorization dialogue: 0100 -> validate -> route -> acquirer -> 0110 (DESIGN.md §4-5);
+a financial 0200 -> 0210 the same way (`AUTH_MTIS`).
 
 Every request is answered before its deadline (`authorization.deadline`, the terminal's TNR
 minus a margin): approved or declined by an acquirer, approved in stand-in under a floor
@@ -23,9 +24,17 @@ died after sending, may have been approved: a reversal is queued for it (SAF), s
 approval never stands. Stand-in approvals queue an advice to the route's first acquirer.
 
 A terminal's own reversal (0400/0420, the original named by field 90 or else by its STAN)
-goes to the SAF for the acquirer that approved it; recent approvals are remembered in this
-node's memory only, so a reversal reaching another node than its 0100 is answered but not
-sent on (`auth.terminal_reversal matched=false` in the log).
+goes to the SAF for the acquirer that approved it. The approval is found in this node's
+memory (recent approvals, with the acquirer request as it was sent), else in the auth log
+that every node writes to the shared PostgreSQL: its row names the acquirer, the original's
+MTI and the time part of its acquirer key (migration 0009), and the reversal repeats the
+card and amounts, so the acquirer request is rebuilt (`translate.original_request`) exactly
+as the approving node built it. No copy of the acquirer request (it holds the PAN) is kept
+on disk for this. The log is written in batches, so a row not there yet is asked for again
+every `authlog.flush_interval` for `authorization.reversal_lookup` s (then
+`auth.terminal_reversal matched=false` in the log). Either way the SAF key is the one the
+approving node would use, so a reversal seen by two nodes, or repeated by the terminal, is
+queued and delivered once.
 
 With an HSM (`[hsm]`): a PIN block (52) is re-enciphered from the terminals' TPK
 (`authorization.pin_key`) to the acquirer's ZPK (`pin_key` of the acquirer) before it
@@ -66,7 +75,7 @@ from passerelle.routing.metrics import RoutingMetrics
 from passerelle.routing.mux import DuplicateKey
 from passerelle.routing.settings import AcquirerSettings, RoutingSettings, routing_settings
 from passerelle.routing.table import Router
-from passerelle.storage.authlog import AuthLogWriter, AuthRecord
+from passerelle.storage.authlog import Approval, AuthLogWriter, AuthRecord, find_approval
 from passerelle.storage.db import StorageError
 from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac
 from passerelle.storage.saf import AesGcmSealer, HsmSealer, SafItem, SafStore
@@ -74,7 +83,10 @@ from passerelle.storage.spool import Spool
 
 log = structlog.get_logger("passerelle.auth")
 
-AUTH_MTIS = ("0100", "0101")
+# A financial request (0200, answered 0210) is an authorization that is also the clearing
+# record: the same validation, routing, stand-in and log; its acquirer message is class 2
+# (1200/0200), an advice of it 1220/0220, a reversal 1420/0420 as for a 0100.
+AUTH_MTIS = ("0100", "0101", "0200", "0201")
 REVERSAL_MTIS = ("0400", "0401", "0420", "0421")
 _APPROVED = ("00", "08", "10", "11")
 _ACCEPTED = ("00", "000", "400", "800")  # SAF acknowledgements
@@ -309,8 +321,10 @@ class Authorizer:
         """A terminal's 0400/0420: reverse the approval it names (field 90, else its STAN).
 
         The reversal goes to the SAF for the acquirer that approved (or was advised of a
-        stand-in), and the terminal is answered 00 at once. A reversal of nothing we
-        approved is answered 00 too (there is nothing to undo, and a refusal would only
+        stand-in), and the terminal is answered 00 at once. The approval is looked for in
+        this node's memory, then in the shared auth log (`_reverse_logged`, in the
+        background): the 0100 may have gone through another node. A reversal of nothing
+        we approved is answered 00 too (there is nothing to undo, and a refusal would only
         make the terminal repeat it); without a SAF store the answer is 91.
         """
         terminal = str(message.get(41, "")).strip()
@@ -323,9 +337,58 @@ class Authorizer:
             entry = self._approved.pop((terminal, stan), None)
             if entry is not None:
                 self.s.queue_saf(entry[0], "reversal", entry[1])
-            log.info("auth.terminal_reversal", terminal=terminal, stan=stan,
-                     matched=entry is not None)
+                log.info("auth.terminal_reversal", terminal=terminal, stan=stan,
+                         matched="memory", acquirer=entry[0].name)
+            else:
+                task = asyncio.create_task(self._reverse_logged(message, terminal, stan))
+                self.s.background.add(task)
+                task.add_done_callback(self.s.background.discard)
         return translate.terminal_answer(message, code), code
+
+    async def _reverse_logged(self, message: Message, terminal: str, stan: str) -> None:
+        """The approval from the auth log that every node writes, then its reversal queued.
+
+        The approving node writes its log in batches, so the row may not be there yet: the
+        query is repeated every `authlog.flush_interval` for `authorization.reversal_lookup`
+        seconds before the reversal is given up (`matched=false` in the log). Several nodes,
+        or a terminal repeating its 0400, may queue the same reversal: its SAF key is the
+        one the approving node would use, so the acquirer receives it once.
+        """
+        s = self.s
+        assert s.saf is not None
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + s.settings.authorization.reversal_lookup
+        pause = s.settings.authlog.flush_interval
+        found: Approval | None = None
+        while found is None:
+            try:
+                found = await find_approval(s.saf.pool, terminal, stan)
+            except StorageError as error:
+                log.warning("auth.reversal_lookup_failed", terminal=terminal, stan=stan,
+                            error=str(error))
+            if found is None:
+                if loop.time() + pause > give_up or s.stopping.is_set():
+                    log.info("auth.terminal_reversal", terminal=terminal, stan=stan,
+                             matched=False)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(s.stopping.wait(), pause)
+        link = s.links.get(found.acquirer)
+        if link is None or found.acquirer_time is None:
+            log.warning("auth.terminal_reversal_unsent", terminal=terminal, stan=stan,
+                        acquirer=found.acquirer, reason="unknown acquirer" if link is None
+                        else "the logged approval has no acquirer time")
+            return
+        try:
+            wire = translate.original_request(message, link.settings, found.mti, stan,
+                                              found.acquirer_time)
+        except CodecError as error:
+            log.warning("auth.terminal_reversal_unsent", terminal=terminal, stan=stan,
+                        acquirer=found.acquirer, reason=error.reason)
+            return
+        s.queue_saf(link.settings, "reversal", wire)
+        log.info("auth.terminal_reversal", terminal=terminal, stan=stan, matched="auth_log",
+                 acquirer=found.acquirer)
 
     def __call__(self, message: Message, context: Any) -> Any:
         return self._labelled(message)
@@ -456,6 +519,7 @@ class Authorizer:
                 continue
             state.wire = None
             if outcome.code in _APPROVED:
+                state.acquirer_time = key[3]
                 self._remember(state, str(message.get(11, "")), acquirer, wire)
             return self._answer(message, state, outcome.code, approval=outcome.approval,
                                 issuer_data=outcome.issuer_data,
@@ -497,7 +561,7 @@ class Authorizer:
             return self._answer(message, state, "91")
         approval = f"S{next(self._stand_in_numbers) % 100_000:05d}"
         try:
-            wire, _ = translate.to_acquirer(message, acquirer, now)
+            wire, key = translate.to_acquirer(message, acquirer, now)
         except CodecError:
             return self._answer(message, state, "91")
         code = "000" if acquirer.profile == "iso93-binary" else "00"
@@ -513,6 +577,7 @@ class Authorizer:
             return self._answer(message, state, "91")
         state.stand_in = True
         state.acquirer = acquirer
+        state.acquirer_time = key[3]
         self._remember(state, str(message.get(11, "")), acquirer, wire)
         self.s.metrics.stand_in.labels(state.application or "").inc()
         return self._answer(message, state, "00", approval=approval)
@@ -557,7 +622,7 @@ class Authorizer:
             currency=state.currency if state.currency and 0 < state.currency < 1000 else None,
             pan_masked=masked, pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
             response_code=code, authorization_number=approval, stand_in=state.stand_in,
-            latency_ms=latency)
+            latency_ms=latency, acquirer_time=state.acquirer_time or None)
         if hashed and self.s.hsm is not None:
             task = asyncio.create_task(self._log_hashed(writer, record, pan))
             self.s.background.add(task)
@@ -585,8 +650,9 @@ def _overdue(task: asyncio.Task[Any], state: _Attempt) -> None:
 class _Attempt:
     """What one authorization learned so far (for the answer, the log and a reversal)."""
 
-    __slots__ = ("acquirer", "amount", "application", "code", "contract", "currency", "expiry",
-                 "overdue", "pan", "stand_in", "started", "terminal", "wire")
+    __slots__ = ("acquirer", "acquirer_time", "amount", "application", "code", "contract",
+                 "currency", "expiry", "overdue", "pan", "stand_in", "started", "terminal",
+                 "wire")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -598,6 +664,7 @@ class _Attempt:
         self.contract = ""
         self.application: str | None = None
         self.acquirer: AcquirerSettings | None = None
+        self.acquirer_time = ""  # the time part of the approved request's key
         self.wire: bytes | None = None
         self.stand_in = False
         self.overdue = False
@@ -684,7 +751,7 @@ def _local_saf_key(state_dir: Path) -> bytes:
 
 
 def register(registry: Any, services: AuthServices) -> Authorizer:
-    """Route 0100/0101 (and the terminal's reversals 0400/0420) to the dialogue."""
+    """Route 0100/0101, 0200/0201 (and the terminal's reversals 0400/0420) to the dialogue."""
     authorizer = Authorizer(services)
     registry.register(AUTH_MTIS, authorizer)
     registry.register(REVERSAL_MTIS, authorizer.reverse)

@@ -218,7 +218,7 @@ class Gateway:
             self.auth = authorization.build_from_config(
                 self.settings, registry=self.daemon.metrics.registry, pool=storage.pool,
                 hsm=self.hsm, pan_key=pan_key, spool=storage.authlog_spool)
-            authorization.register(registry, self.auth)  # 0100/0101, 0400/0401/0420/0421
+            authorization.register(registry, self.auth)  # 0100/0200, 0400/0420 and repeats
             await self.auth.start()
             self.daemon.reload_hooks.append(self.auth.reload_routes)
         if self.hsm is not None:

@@ -113,14 +113,21 @@ async def auth_stack(tmp: Path, *, rules: dict[str, Rules] | None = None,
                      routes: str = ROUTES, deadline: float = 2.0,
                      acquirer_extra: dict[str, Any] | None = None,
                      saf_interval: float = 0.05,
-                     terminals: tuple[str, ...] = (TERMINAL,)) -> AsyncIterator[Stack]:
+                     terminals: tuple[str, ...] = (TERMINAL,),
+                     shared_sims: dict[str, AcquirerSimulator] | None = None,
+                     saf_key: bytes | None = None,
+                     flush_interval: float = 0.05) -> AsyncIterator[Stack]:
+    """`shared_sims` (started and stopped by the caller) and `saf_key` let two stacks act
+    as two switchd nodes of one deployment: same acquirers, same SAF table and data key."""
     rules = rules or {"acq-a": Rules(decline_above=100_000), "acq-b": Rules()}
     profiles = profiles or {}
-    sims = {name: AcquirerSimulator(profiles.get(name, "iso93-binary"), 2, rule,
-                                    first_approval=100001 + 400000 * index)
-            for index, (name, rule) in enumerate(rules.items())}
-    for sim in sims.values():
-        await sim.start()
+    sims = shared_sims or {
+        name: AcquirerSimulator(profiles.get(name, "iso93-binary"), 2, rule,
+                                first_approval=100001 + 400000 * index)
+        for index, (name, rule) in enumerate(rules.items())}
+    if shared_sims is None:
+        for sim in sims.values():
+            await sim.start()
     path = tmp / "routes.toml"
     path.write_text(routes)
     table: dict[str, Any] = {
@@ -134,14 +141,14 @@ async def auth_stack(tmp: Path, *, rules: dict[str, Rules] | None = None,
                           "contracts": [{"number": CONTRACT}]},
         "saf": {"interval": saf_interval, "backoff_min": 0.05, "backoff_max": 0.2,
                 "attempt_timeout": 0.5},
-        "authlog": {"flush_interval": 0.05},
+        "authlog": {"flush_interval": flush_interval},
     }
     settings = routing_settings(table)
     pool = open_pool(dsn) if dsn else None
     if pool is not None:
         await pool.open()
-    services = build_services(settings, pool=pool, sealer=AesGcmSealer(os.urandom(32)),
-                              pan_key=PAN_KEY)
+    services = build_services(settings, pool=pool,
+                              sealer=AesGcmSealer(saf_key or os.urandom(32)), pan_key=PAN_KEY)
     await services.start(wait_links=5.0)
     registry = default_registry()
     register(registry, services)
@@ -155,7 +162,8 @@ async def auth_stack(tmp: Path, *, rules: dict[str, Rules] | None = None,
     finally:
         await daemon.stop()
         await services.close()
-        for sim in sims.values():
-            await sim.stop()
+        if shared_sims is None:
+            for sim in sims.values():
+                await sim.stop()
         if pool is not None:
             await pool.close()

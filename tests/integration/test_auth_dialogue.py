@@ -63,6 +63,28 @@ def test_approve_and_decline_through_each_acquirer_profile(tmp_path: Path, profi
     run(scenario())
 
 
+@pytest.mark.parametrize("profile", ["iso93-binary", "iso87-ascii", "cb2a"])
+def test_a_financial_0200_is_authorized_like_a_0100_and_answered_0210(tmp_path: Path,
+                                                                       profile: str) -> None:
+    def financial(**values: Any) -> bytes:
+        return encode(CB2A, "0200", Message.parse(auth_request(**values), CB2A).to_dict())
+
+    async def scenario() -> None:
+        rules = {"acq-a": Rules(decline_above=50_000), "acq-b": Rules()}
+        async with auth_stack(tmp_path, rules=rules, profiles={"acq-a": profile}) as stack:
+            approved, declined, expired = await _ask(
+                stack.port, financial(stan=1), financial(stan=2, amount=60_000),
+                financial(stan=3, expiry="2001"))
+            assert (approved.mti, approved.get(39), approved.get(38)) == ("0210", "00", "100001")
+            assert (declined.mti, declined.get(39)) == ("0210", "51")
+            assert (expired.mti, expired.get(39)) == ("0210", "54")
+            # Class 2 towards the acquirer: 1200 (ISO 93) or 0200.
+            assert stack.sims["acq-a"].requests[
+                "1200" if profile == "iso93-binary" else "0200"] == 2
+
+    run(scenario())
+
+
 def test_validation_codes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with auth_stack(tmp_path) as stack:

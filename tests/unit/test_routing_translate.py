@@ -37,7 +37,7 @@ def test_raw_copied_fields_give_the_same_bytes_as_encoding_every_value(
     target = get_profile(profile)
     out = Message.parse(wire, target)
     assert wire == encode(target, out.mti, out.to_dict())
-    for n in (2, 3, 4, 11, 14, 37, 41, 42, 49):
+    for n in (2, 3, 4, 11, 14, 35, 37, 41, 42, 49):
         if n in request:
             assert out.get(n) == request.get(n)
     assert out.get(32) == "12345"
@@ -60,6 +60,15 @@ def test_a_reversal_shares_the_key_but_never_the_answer_mti() -> None:
     assert key[1:] == reversal_key[1:] == advice_key[1:]
     message = Message.parse(reversal, get_profile("iso93-binary"))
     assert 35 not in message and 55 not in message and message.get(56).startswith("1100000351")
+
+
+def test_a_financial_request_is_advised_as_1220_and_reversed_as_1420() -> None:
+    acquirer = _acquirer("iso93-binary")
+    financial = Message.parse(encode(CB2A, "0200", _vector("0100-emv").to_dict()), CB2A)
+    wire, key = translate.to_acquirer(financial, acquirer, NOW)
+    _, advice_key = translate.follow_up(wire, acquirer, "advice", {38: "S00001"})
+    _, reversal_key = translate.follow_up(wire, acquirer, "reversal")
+    assert (key[0], advice_key[0], reversal_key[0]) == ("1210", "1230", "1430")
 
 
 def test_action_codes_map_to_cb_codes_with_per_acquirer_overrides() -> None:
