@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -33,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,13 +80,15 @@ def _run_sim(profile: str, ready: Any) -> None:
 
     async def main() -> None:
         sim = AcquirerSimulator(profile, 2)
-        ready.send(await sim.start())
+        port = await sim.start()
+        gc.freeze()  # start-up objects out of every later collection (a test double's CPU)
+        ready.send(port)
         await asyncio.Event().wait()
 
     uvloop.run(main())
 
 
-def _run_switchd(acquirer_port: int, ready: Any) -> None:
+def _run_switchd(acquirer_port: int, freeze: bool, ready: Any) -> None:
     from passerelle.config import parse_config  # noqa: PLC0415
     from passerelle.routing.settings import routing_settings  # noqa: PLC0415
     from passerelle.switchd import logs  # noqa: PLC0415
@@ -112,6 +116,8 @@ def _run_switchd(acquirer_port: int, ready: Any) -> None:
         register(registry, services)
         await services.start(wait_links=5.0)
         await daemon.start()
+        if freeze:  # what switchd/main.py would do after start-up (`--gc-freeze`)
+            gc.freeze()
         ready.send(daemon.listeners["iso"].port)
         await asyncio.Event().wait()
 
@@ -157,6 +163,7 @@ def _run_relay(acquirer_port: int, ready: Any) -> None:
             return pipe
 
         server = await loop.create_server(factory, "127.0.0.1", 0)
+        gc.freeze()
         ready.send(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
@@ -199,13 +206,15 @@ class _Client(asyncio.Protocol):
             self.waiter.set_exception(ConnectionError("closed"))
 
     async def exchange(self) -> float:
+        """One request and its answer. No timeout per exchange (a timer each would cost the
+        shared CPU what a real terminal's own CPU pays): each phase has one (`_phase`)."""
         assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = waiter = asyncio.get_running_loop().create_future()
         frame = self.frames[self.index % len(self.frames)]
         self.index += 1
         started = time.perf_counter()
         self.transport.write(frame)
-        await asyncio.wait_for(self.waiter, 5)
+        await waiter
         return time.perf_counter() - started
 
 
@@ -233,10 +242,21 @@ async def _throughput(port: int, seconds: float) -> float:
     for client in clients[:4]:  # warm up layouts, links, caches
         await client.exchange()
     started = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in clients))
+    async with _phase(seconds):
+        await asyncio.gather(*(worker(c) for c in clients))
     elapsed = time.perf_counter() - started
     _check_approved(clients)
     return done / elapsed
+
+
+@contextlib.asynccontextmanager
+async def _phase(seconds: float) -> AsyncIterator[None]:
+    """A phase that has not ended 10 s after its planned length lost an answer."""
+    try:
+        async with asyncio.timeout(seconds + 10):
+            yield
+    except TimeoutError:
+        raise SystemExit("benchmark invalid: an answer never came") from None
 
 
 def _check_approved(clients: list[_Client]) -> None:
@@ -276,7 +296,8 @@ async def _paced(port: int, rate: float, seconds: float) -> list[float]:
             task = asyncio.create_task(one(idle.pop()))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    async with _phase(0):
+        await asyncio.gather(*tasks)
     _check_approved(clients)
     return latencies
 
@@ -299,6 +320,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() in switchd after start-up too (the simulators, the "
+                             "relay and the load generator always do)")
     args = parser.parse_args()
     seconds = 4.0 if args.quick else 15.0
     FRAMES.extend(_frames(n) for n in range(CONNECTIONS))
@@ -306,24 +330,32 @@ def main() -> int:
     try:
         sim93, port93 = _spawn(_run_sim, "iso93-binary")
         simcb, portcb = _spawn(_run_sim, "cb2a")
-        switchd, switchd_port = _spawn(_run_switchd, port93)
+        switchd, switchd_port = _spawn(_run_switchd, port93, args.gc_freeze)
         relay, relay_port = _spawn(_run_relay, portcb)
         processes = [sim93, simcb, switchd, relay]
 
         async def measure() -> dict[str, Any]:
-            before = _cpu(relay.pid)
+            pids = {"relay": relay.pid, "sim_cb2a": simcb.pid, "switchd": switchd.pid,
+                    "sim_iso93": sim93.pid, "generator": os.getpid()}
+            before = {name: _cpu(pid) for name, pid in pids.items()}
             relay_rate = await _throughput(relay_port, seconds)
-            relay_cpu = (_cpu(relay.pid) - before) / (relay_rate * seconds)
-            before = _cpu(switchd.pid)
+            middle = {name: _cpu(pid) for name, pid in pids.items()}
             switchd_rate = await _throughput(switchd_port, seconds)
-            switchd_cpu = (_cpu(switchd.pid) - before) / (switchd_rate * seconds)
+            after = {name: _cpu(pid) for name, pid in pids.items()}
+            relay_n, switchd_n = relay_rate * seconds, switchd_rate * seconds
+            cpu = {
+                "relay": {name: (middle[name] - before[name]) / relay_n
+                          for name in ("relay", "sim_cb2a", "generator")},
+                "switchd": {name: (after[name] - middle[name]) / switchd_n
+                            for name in ("switchd", "sim_iso93", "generator")},
+            }
             direct = await _paced(portcb, 1000, seconds)
             relayed = await _paced(relay_port, 1000, seconds)
             through = await _paced(switchd_port, 1000, seconds)
             return {"relay": relay_rate, "switchd": switchd_rate, "direct": direct,
-                    "through": through, "relayed": relayed, "relay_cpu": relay_cpu,
-                    "switchd_cpu": switchd_cpu}
+                    "through": through, "relayed": relayed, "cpu": cpu}
 
+        gc.freeze()  # after the fork: the children start with nothing frozen
         raw = uvloop.run(measure())
     finally:
         for process in processes:
@@ -336,8 +368,12 @@ def main() -> int:
         "ratio_to_relay": round(raw["switchd"] / raw["relay"], 3),
         # CPU time of the process under test per authorization: what the machine's other
         # load does not change (the throughput figures above depend on it).
-        "relay_cpu_us_per_auth": round(raw["relay_cpu"] * 1e6, 1),
-        "switchd_cpu_us_per_auth": round(raw["switchd_cpu"] * 1e6, 1),
+        "relay_cpu_us_per_auth": round(raw["cpu"]["relay"]["relay"] * 1e6, 1),
+        "switchd_cpu_us_per_auth": round(raw["cpu"]["switchd"]["switchd"] * 1e6, 1),
+        # Everyone's CPU per authorization in each closed-loop phase: the machine's two
+        # cores are shared by the load generator, the simulator and the process under test.
+        "cpu_us_per_auth": {phase: {name: round(value * 1e6, 1) for name, value in row.items()}
+                            for phase, row in raw["cpu"].items()},
         "paced_rate": 1000,
         "paced_requests": len(raw["through"]),
         "direct_p50_ms": round(_pct(raw["direct"], 0.5) * ms, 3),
@@ -361,6 +397,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "quick": args.quick, "seconds_per_phase": seconds, "connections": CONNECTIONS,
+        "switchd_gc_freeze": args.gc_freeze,
         "figures": figures, "targets": TARGETS, "met": met,
     }
     text = json.dumps(report, indent=2)

@@ -19,6 +19,7 @@ contract (from the directory) is one of them, it wins over what the card says.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from passerelle.codecs.iso8583 import Message
@@ -71,7 +72,9 @@ def _aid(message: Message, icc: Any = None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def family_of_aid(aid: str) -> str | None:
+    """The longest AID prefix in `AIDS` names the family (cached: a fleet sees few AIDs)."""
     for length in range(len(aid), 9, -1):
         family = AIDS.get(aid[:length])
         if family:

@@ -291,8 +291,8 @@ def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime,
     alike are copied, variable fields whose bodies agree get the target's length prefix,
     ISO 93's YYMMDDhhmmss is the year's BCD byte before the terminal's own 13 and 12 bytes;
     only the rest is converted and encoded. The steps for a shape of request are worked out
-    once (`_plan`). `known` holds fields the caller has already converted (41, 55), so they
-    are not converted twice.
+    once (`_plan`). `known` holds fields the caller has already converted (11, 41, 55), so
+    they are not converted twice.
     """
     profile_name = acquirer.profile
     if profile_name == "cb2a":
@@ -337,7 +337,10 @@ def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime,
     terminal = known.get(41)
     if terminal is None:
         terminal = str(request.get(41, "")).strip()
-    return b"".join(parts), (answer_mti(plan.mti), terminal, str(request.get(11, "")), when)
+    stan = known.get(11)
+    if stan is None:
+        stan = str(request.get(11, ""))
+    return b"".join(parts), (answer_mti(plan.mti), terminal, stan, when)
 
 
 def _value(request: Message, n: int, known: dict[int, Any], now: datetime,
@@ -466,10 +469,23 @@ def _ascii_tlv(text: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(items) or None
 
 
+_TEMPLATES: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _answer_template(numbers: tuple[int, ...]) -> dict[int, Any]:
+    """The request's fields an answer leaves out, worked out once per shape of request."""
+    left_out = _TEMPLATES.get(numbers)
+    if left_out is None:
+        if len(_TEMPLATES) >= _MAX_PLANS:
+            _TEMPLATES.clear()
+        left_out = _TEMPLATES[numbers] = tuple(n for n in (*SENSITIVE, 55) if n in numbers)
+    return dict.fromkeys(left_out)
+
+
 def terminal_answer(request: Message, code: str, approval: str | None = None,
                     issuer_data: Any = None, additional: Any = None) -> bytes:
     """The 0110 built from the terminal's 0100: its fields copied, 38/39/44/55 set."""
-    changes: dict[int, Any] = dict.fromkeys(n for n in (*SENSITIVE, 55) if n in request)
+    changes = _answer_template(request.numbers)
     changes[38] = approval
     changes[39] = code
     changes[44] = additional

@@ -463,7 +463,8 @@ class Authorizer:
         if info is None or info.contract != contract or not info.active:
             return self._answer(message, state, "03")
         icc = message.get(55)
-        known = {2: pan, 55: icc, 41: terminal}
+        stan = str(message.get(11, ""))
+        known = {2: pan, 11: stan, 55: icc, 41: terminal}
         state.application = application = read_application(message, pan, info.application,
                                                             icc)
         route = self.s.router.match(application, pan, contract, currency)
@@ -520,7 +521,7 @@ class Authorizer:
             state.wire = None
             if outcome.code in _APPROVED:
                 state.acquirer_time = key[3]
-                self._remember(state, str(message.get(11, "")), acquirer, wire)
+                self._remember(state, stan, acquirer, wire)
             return self._answer(message, state, outcome.code, approval=outcome.approval,
                                 issuer_data=outcome.issuer_data,
                                 additional=outcome.additional)
