@@ -34,8 +34,8 @@ class Layout:
     """Where each field of one bitmap sits, as anchors + constants."""
 
     __slots__ = (
-        "ascii_steps", "bin1_steps", "bits", "entries", "header", "numbers", "recipes", "runs",
-        "steps", "tail", "where",
+        "ascii_steps", "bin1_steps", "bits", "entries", "header", "numbers", "plans", "recipes",
+        "runs", "steps", "tail", "where",
     )
 
     def __init__(self, specs: tuple[FieldSpec | None, ...], numbers: Iterable[int], header: int,
@@ -80,6 +80,14 @@ class Layout:
         self.entries = tuple(entries)
         self.bits = bits
         self.recipes: dict[tuple[int, ...], Recipe] = {}
+        self.plans: dict[tuple[int, ...], tuple[Any, ...]] = {}
+
+    def plan(self, numbers: tuple[int, ...]) -> tuple[Any, ...]:
+        """For `Message.pick`: each wanted field's entry, None where this bitmap lacks it."""
+        plan = tuple(self.where.get(number) for number in numbers)
+        if len(self.plans) < 64:  # a dialogue asks for a handful of field sets
+            self.plans[numbers] = plan
+        return plan
 
     def walk(self, data: bytes) -> list[int] | None:
         """Anchors of `data` under this layout, or None if anything is off (the caller then
