@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passerelle.storage.db import StorageError, StorageSettings, settings_from_table
-from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac
+from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac, protect_pan
 from passerelle.storage.remises import (
     STATUS_CORRECT,
     RemiseTotals,
@@ -45,6 +45,24 @@ def test_hmac_is_keyed_sha256_and_carries_the_key_version() -> None:
     assert digest == hmac.new(b"k" * 32, b"4970101234561234", hashlib.sha256).digest()
     other, _ = pan_hmac(PanHmacKey(8, b"j" * 32), "4970101234561234")
     assert other != digest
+
+
+@pytest.mark.parametrize("pan", ["4970101234561234", "374245455400126", "601100099013942"])
+def test_protect_pan_is_mask_and_hmac_in_one(pan: str) -> None:
+    assert protect_pan(KEY, pan) == (mask_pan(pan), *pan_hmac(KEY, pan))
+
+
+@pytest.mark.parametrize("key", [b"k" * 16, bytes(range(64)), bytes(range(65)), b"x" * 200])
+def test_hmac_matches_the_standard_library_for_short_and_long_keys(key: bytes) -> None:
+    for pan in ("4970101234561234", "374245455400126"):
+        expected = hmac.new(key, pan.encode(), hashlib.sha256).digest()
+        assert pan_hmac(PanHmacKey(2, key), pan) == (expected, 2)
+        assert protect_pan(PanHmacKey(2, key), pan)[1] == expected
+
+
+def test_protect_pan_refuses_what_mask_refuses() -> None:
+    with pytest.raises(StorageError, match="string of digits"):
+        protect_pan(KEY, "4970 1012 3456 1234")
 
 
 def test_keys_are_checked_and_never_printed() -> None:
