@@ -91,7 +91,7 @@ from passerelle.codecs.errors import CodecError
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.hsm.errors import HSMError
 from passerelle.storage.db import StorageError
-from passerelle.storage.pan import PanHmacKey, mask_pan, pan_hmac
+from passerelle.storage.pan import PanHmacKey, mask_pan, protect_pan
 from passerelle.storage.remises import (
     STATUS_CORRECT,
     InvalidRemise,
@@ -127,6 +127,8 @@ _UNUSED_TOTALS = (75, 78, 79, 81, 82, 83, 85, 87)
 _WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
           82: 12, 83: 12, 84: 12, 85: 12, 86: 16, 87: 16, 88: 16, 89: 16}
 _OPERATIONS = {"00": "purchase", "20": "refund"}
+# What a 0246 is read for, in one `Message.pick`: 71 first (order), then the transaction.
+_TX_FIELDS = (71, 2, 3, 4, 11, 12, 13, 14, 37, 38, 39, 47, 49, 55)
 _MAX_FILES_PER_SESSION = 64
 _LOOKUP_TIMEOUT = 2.0
 _KNOWN_FOR = 60.0
@@ -266,25 +268,6 @@ def _int(message: Message, number: int) -> int:
     return int(text)
 
 
-def _optional(fields: dict[int, Any], number: int) -> str | None:
-    value = fields.get(number)
-    return (value.strip() or None) if value is not None else None
-
-
-def _required(fields: dict[int, Any], number: int) -> str:
-    value = _optional(fields, number)
-    if value is None:
-        raise Refused("30", f"field {number} is missing or empty", number)
-    return value
-
-
-def _number(fields: dict[int, Any], number: int) -> int:
-    value = _required(fields, number)
-    if not value.isdigit():
-        raise Refused("30", f"field {number} is not numeric", number)
-    return int(value)
-
-
 def _tags(message: Message, number: int) -> dict[str, str]:
     value = message.get(number)
     return {tag: str(item) for tag, item in value} if value else {}
@@ -299,16 +282,60 @@ def _tag_int(tags: dict[str, str], tag: str, low: int, high: int) -> int:
 
 def _local_time(message: Message, now: datetime) -> datetime | None:
     """Fields 12 (hhmmss) and 13 (MMDD), Paris time, as UTC; the year that is not ahead."""
-    hms, mmdd = message.get(12), message.get(13)
+    return _local_time_of(message.get(12), message.get(13), now)
+
+
+# Europe/Paris changes its UTC offset on whole hours (local time, and 01:00 UTC), so an
+# offset looked up once per hour is exact: it spares a zoneinfo conversion per 0246.
+_OFFSETS: dict[tuple[int, int, int, int], timedelta] = {}
+_NOW_OFFSETS: dict[tuple[int, int, int, int], timedelta] = {}
+_MAX_OFFSETS = 50_000
+_DAY = timedelta(days=1)
+
+
+def _paris_offset(year: int, month: int, day: int, hour: int) -> timedelta:
+    """UTC offset of that local Paris hour; zoneinfo's fold=0 choice (the earlier offset)
+    for the hour that is skipped or repeated when the clocks change, as `tzinfo=PARIS`."""
+    key = (year, month, day, hour)
+    offset = _OFFSETS.get(key)
+    if offset is None:
+        offset = datetime(year, month, day, hour, tzinfo=PARIS).utcoffset()
+        assert offset is not None
+        if len(_OFFSETS) >= _MAX_OFFSETS:  # bounded whatever dates terminals send
+            _OFFSETS.clear()
+        _OFFSETS[key] = offset
+    return offset
+
+
+def _paris_wall_clock(now: datetime) -> datetime:
+    """`now` as the Paris wall-clock time, labelled UTC so that it compares with other
+    wall-clock times (`datetime.replace` would cost more than this whole function)."""
+    if now.tzinfo is not UTC:
+        now = now.astimezone(UTC)
+    key = (now.year, now.month, now.day, now.hour)
+    offset = _NOW_OFFSETS.get(key)
+    if offset is None:
+        offset = now.astimezone(PARIS).utcoffset()
+        assert offset is not None
+        if len(_NOW_OFFSETS) >= _MAX_OFFSETS:
+            _NOW_OFFSETS.clear()
+        _NOW_OFFSETS[key] = offset
+    return now + offset
+
+
+def _local_time_of(hms: str | None, mmdd: str | None, now: datetime) -> datetime | None:
+    """`_local_time` from the two fields' values."""
     if hms is None or mmdd is None:
         return None
-    local_now = now.astimezone(PARIS)
+    local_now = _paris_wall_clock(now)
+    limit = local_now + _DAY
     try:
+        month, day = int(mmdd[:2]), int(mmdd[2:])
+        hour, minute, second = int(hms[:2]), int(hms[2:4]), int(hms[4:])
         for year in (local_now.year, local_now.year - 1):
-            at = datetime(year, int(mmdd[:2]), int(mmdd[2:]), int(hms[:2]), int(hms[2:4]),
-                          int(hms[4:]), tzinfo=PARIS)
-            if at <= local_now + timedelta(days=1):
-                return at.astimezone(UTC)
+            at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)  # wall clock
+            if at <= limit:
+                return at - _paris_offset(year, month, day, hour)
     except ValueError:
         pass  # 29 February of the wrong year, 25h61: refused below
     raise Refused("30", "fields 12/13 are not a valid local time and date", 13)
@@ -515,7 +542,11 @@ class Telecollecte:
         file = dialogue.file
         if file is None:
             raise Refused("12", f"0246 in phase {dialogue.phase.value} (no file open)")
-        number = _int(message, 71)
+        values = message.pick(_TX_FIELDS)  # the hot path of a file: one call, no dict
+        number = values[0]
+        if number is None or not number.isdigit():
+            raise Refused("30", "field 71 is missing or not numeric", 71)
+        number = int(number)
         received = len(file.transactions)
         if message.mti == "0247" and number <= received:
             if number == file.last_acknowledged:  # our 0256 was lost: say it again
@@ -527,15 +558,16 @@ class Telecollecte:
         if number > file.count:
             raise Refused("12", f"message {number} beyond the {file.count} announced", 71)
         if self.services.hsm is not None:
-            return self._guarded(self._hashed_transaction(message, dialogue, file, number),
+            return self._guarded(self._hashed_transaction(message, values, dialogue, file,
+                                                          number),
                                  message, context, dialogue)
-        file.transactions.append(self._read_transaction(message, file, number))
+        file.transactions.append(self._read_transaction(message, file, number, None, values))
         return _acknowledge(message, file, number)
 
-    async def _hashed_transaction(self, message: Message, dialogue: _Dialogue, file: _File,
-                                  number: int) -> Answer:
+    async def _hashed_transaction(self, message: Message, values: list[Any],
+                                  dialogue: _Dialogue, file: _File, number: int) -> Answer:
         """A 0246 whose PAN HMAC comes from the HSM."""
-        pan = message.get(2)
+        pan = values[1]
         if not isinstance(pan, str) or not pan.isdigit() or not 12 <= len(pan) <= 19:
             raise Refused("30", "field 2 is not a 12-19 digit card number", 2)
         try:
@@ -546,55 +578,75 @@ class Telecollecte:
         if dialogue.file is not file:  # refused meanwhile: nothing to add to
             return None
         file.transactions.append(self._read_transaction(message, file, number,
-                                                        (found.digest, found.version)))
+                                                        (found.digest, found.version), values))
         return _acknowledge(message, file, number)
 
     def _read_transaction(self, message: Message, file: _File, number: int,
-                          hashed: tuple[bytes, int] | None = None) -> RemiseTransaction:
-        fields = message.to_dict()  # one pass over the message: the hot path of a file
-        processing = _required(fields, 3)
+                          hashed: tuple[bytes, int] | None = None,
+                          values: list[Any] | None = None) -> RemiseTransaction:
+        """The stored transaction a 0246 carries (`values`: its `_TX_FIELDS`, when the
+        caller has them already). Every check names its field; see the module docstring."""
+        if values is None:
+            values = message.pick(_TX_FIELDS)
+        (_, pan, processing, amount, stan, hms, mmdd, expiry, rrn, authorization, code,
+         tags, currency, emv) = values
+        values[1] = None  # the full PAN is kept nowhere: only its mask and keyed HMAC
+        if not processing:
+            raise Refused("30", "field 3 is missing or empty", 3)
         operation = _OPERATIONS.get(processing[:2])
         if operation is None:
             raise Refused("30", f"processing code {processing[:2]} is neither purchase (00) "
                           "nor refund (20)", 3)
-        if 90 in fields:
+        if 90 in message:
             if operation != "purchase":
                 raise Refused("30", "only a purchase can be cancelled (field 90)", 90)
             operation = "cancellation"
-        currency = _number(fields, 49)
-        if currency != file.currency:
-            raise Refused("30", f"currency {currency} differs from the file's {file.currency}",
-                          49)
-        code = _required(fields, 39)
+        if not currency or not currency.isdigit():
+            raise Refused("30", "field 49 is missing or not numeric", 49)
+        if int(currency) != file.currency:
+            raise Refused("30", f"currency {int(currency)} differs from the file's "
+                          f"{file.currency}", 49)
+        code = code.strip() if code is not None else ""
         if len(code) != 2 or not code.isalnum():
             raise Refused("30", "field 39 is not a 2-character response code", 39)
-        at = _local_time(message, self.services.now())
+        at = _local_time_of(hms, mmdd, self.services.now())
         if at is None:
             raise Refused("30", "fields 12/13 (local time and date) are missing", 12)
-        pan = _required(fields, 2)
-        if not pan.isdigit() or not 12 <= len(pan) <= 19:
+        if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
             raise Refused("30", "field 2 is not a 12-19 digit card number", 2)
         if hashed is None:
             assert self.services.pan_key is not None  # gateway gives a key or an HSM
-            hashed = pan_hmac(self.services.pan_key, pan)
-        digest, version = hashed
-        masked = mask_pan(pan)
-        del pan, fields[2]  # from here on, only the mask and the keyed HMAC exist
-        expiry = _optional(fields, 14)
-        if expiry is not None and not (expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
-            raise Refused("30", "field 14 is not an expiry YYMM", 14)
-        aid = next((value.hex().upper() for tag, value in fields.get(55) or ()
-                    if tag == "9F06"), None)
-        tags = dict(fields.get(47) or ())
+            masked, digest, version = protect_pan(self.services.pan_key, pan)
+        else:
+            masked = mask_pan(pan)
+            digest, version = hashed
+        del pan
+        if expiry is not None:
+            expiry = expiry.strip() or None
+            if expiry is not None and not (expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
+                raise Refused("30", "field 14 is not an expiry YYMM", 14)
+        if not amount or not amount.isdigit():
+            raise Refused("30", "field 4 is missing or not numeric", 4)
+        aid = issuer = product = None
+        for tag, value in emv or ():
+            if tag == "9F06":
+                aid = value.hex().upper()
+                break
+        for tag, value in tags or ():
+            if tag == "IS" and issuer is None:
+                issuer = value.strip()[:64] or None
+            elif tag == "PR" and product is None:
+                product = value.strip()[:64] or None
         return RemiseTransaction(
             seq=number, at=at, operation=operation,  # type: ignore[arg-type]
             result="approved" if code == "00" else "declined",
-            amount=_number(fields, 4), currency=currency, pan_masked=masked,
+            amount=int(amount), currency=file.currency, pan_masked=masked,
             pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
-            response_code=code.upper(), authorization_number=_optional(fields, 38),
-            issuer=tags.get("IS", "").strip()[:64] or None,
-            product=tags.get("PR", "").strip()[:64] or None,
-            rrn=_optional(fields, 37), stan=_optional(fields, 11), aid=aid,
+            response_code=code.upper(),
+            authorization_number=authorization.strip() or None if authorization else None,
+            issuer=issuer, product=product,
+            rrn=rrn.strip() or None if rrn else None,
+            stan=stan.strip() or None if stan else None, aid=aid,
         )
 
     # -- 0506 end of file --------------------------------------------------------------------

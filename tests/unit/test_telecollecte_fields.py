@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from passerelle.codecs.errors import CodecError
 from passerelle.codecs.iso8583 import Message, encode
@@ -33,6 +36,7 @@ from passerelle.switchd.telecollecte import (
     _Dialogue,
     _File,
     _local_time,
+    _local_time_of,
     totals_fields,
 )
 
@@ -102,6 +106,41 @@ def test_a_date_without_year_is_the_latest_not_in_the_future() -> None:
     with pytest.raises(Refused) as refused:
         _local_time(bad, datetime(2027, 1, 1, tzinfo=UTC))
     assert refused.value.code == "30"
+
+
+def _zoneinfo_local_time(hms: str, mmdd: str, now: datetime) -> datetime | None:
+    """The reference: a zoneinfo conversion per value (what the hourly offsets replace)."""
+    paris = ZoneInfo("Europe/Paris")
+    local_now = now.astimezone(paris)
+    for year in (local_now.year, local_now.year - 1):
+        at = datetime(year, int(mmdd[:2]), int(mmdd[2:]), int(hms[:2]), int(hms[2:4]),
+                      int(hms[4:]), tzinfo=paris)
+        if at <= local_now + timedelta(days=1):
+            return at.astimezone(UTC)
+    return None
+
+
+@settings(deadline=None, max_examples=400)
+@given(at=st.datetimes(datetime(2019, 1, 1), datetime(2031, 1, 1)),
+       now=st.datetimes(datetime(2019, 1, 1), datetime(2031, 1, 1)))
+def test_local_times_match_zoneinfo_across_clock_changes(at: datetime, now: datetime) -> None:
+    # Times in the hour the clocks skip or repeat included, as terminals may send them.
+    hms, mmdd = at.strftime("%H%M%S"), at.strftime("%m%d")
+    aware_now = now.replace(tzinfo=UTC)
+    try:
+        expected = _zoneinfo_local_time(hms, mmdd, aware_now)
+    except ValueError:  # 29 February of a year that has none: refused
+        with pytest.raises(Refused):
+            _local_time_of(hms, mmdd, aware_now)
+        return
+    assert _local_time_of(hms, mmdd, aware_now) == expected
+
+
+@pytest.mark.parametrize(("hms", "mmdd"), [("023000", "0329"), ("023000", "1025"),
+                                           ("015959", "0329"), ("030000", "1025")])
+def test_local_times_in_the_hours_the_clocks_change(hms: str, mmdd: str) -> None:
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    assert _local_time_of(hms, mmdd, now) == _zoneinfo_local_time(hms, mmdd, now)
 
 
 @pytest.mark.parametrize(("change", "field"), [
