@@ -17,8 +17,9 @@ as unauthorized (non autorisée), whatever its operation.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -49,8 +50,11 @@ class UnknownReference(StorageError):
     """The remise names a terminal or contract this gateway does not know."""
 
 
-class RemiseTransaction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One stored transaction (0246) of a remise. Cards only as mask + keyed HMAC."""
+class RemiseTransaction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """One stored transaction (0246) of a remise. Cards only as mask + keyed HMAC.
+
+    `gc=False`: its fields are scalars, so it can be in no reference cycle, and the cyclic
+    collector need not scan the thousands of them that open files hold."""
 
     seq: int
     at: datetime
@@ -71,7 +75,7 @@ class RemiseTransaction(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     aid: str | None = None
 
 
-class RemiseTotals(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class RemiseTotals(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Counts and amounts (minor units) by kind, as a remise ticket prints them."""
 
     purchases_count: int = 0
@@ -124,17 +128,23 @@ _KINDS = (
 
 def compute_totals(transactions: Sequence[RemiseTransaction]) -> RemiseTotals:
     """Our own totals, from the transactions as stored."""
-    sums = dict.fromkeys(RemiseTotals.__struct_fields__, 0)
+    purchases = purchases_amount = refunds = refunds_amount = 0
+    cancellations = cancellations_amount = unauthorized = unauthorized_amount = 0
     for tx in transactions:
         if tx.result == "declined":
-            kind = "unauthorized"
+            unauthorized += 1
+            unauthorized_amount += tx.amount
+        elif tx.operation == "purchase":
+            purchases += 1
+            purchases_amount += tx.amount
+        elif tx.operation == "refund":
+            refunds += 1
+            refunds_amount += tx.amount
         else:
-            kind = {"purchase": "purchases", "refund": "refunds"}.get(
-                tx.operation, "cancellations"
-            )
-        sums[f"{kind}_count"] += 1
-        sums[f"{kind}_amount"] += tx.amount
-    return RemiseTotals(**sums)
+            cancellations += 1
+            cancellations_amount += tx.amount
+    return RemiseTotals(purchases, purchases_amount, refunds, refunds_amount, cancellations,
+                        cancellations_amount, unauthorized, unauthorized_amount)
 
 
 def _money(amount: int, currency: int) -> str:
@@ -187,43 +197,76 @@ def _check_time(where: str, name: str, value: datetime) -> None:
         raise InvalidRemise(f"{where}: {name} {value.isoformat()} has no time zone")
 
 
+_MAX_INT4, _MAX_AMOUNT = 2**31 - 1, 2**62
+_TEXT_FIELDS = ("authorization_number", "issuer", "product", "rrn", "stan", "aid")
+
+
 def validate(remise: Remise) -> None:
     """Reject, with the field named, anything the schema would refuse less clearly."""
     where = f"remise {remise.remise_number} of terminal {remise.terminal_serial!r}"
     _check_text(where, "terminal_serial", remise.terminal_serial, required=True)
     _check_text(where, "contract_number", remise.contract_number, required=True)
     _check_text(where, "application", remise.application, required=True)
-    _check_int(where, "remise_number", remise.remise_number, 0, 2**31 - 1)
-    _check_int(where, "file_number", remise.file_number, 0, 2**31 - 1)
+    _check_int(where, "remise_number", remise.remise_number, 0, _MAX_INT4)
+    _check_int(where, "file_number", remise.file_number, 0, _MAX_INT4)
     _check_int(where, "ack_window", remise.ack_window, 0, 32767)
     _check_int(where, "currency", remise.currency, 1, 999)
     _check_time(where, "collected_at", remise.collected_at)
     for name in RemiseTotals.__struct_fields__:
-        _check_int(where, f"declared {name}", getattr(remise.declared, name), 0, 2**62)
+        _check_int(where, f"declared {name}", getattr(remise.declared, name), 0, _MAX_AMOUNT)
     seen: set[int] = set()
+    currency, pan_masked, expiry, response_code = (
+        remise.currency, _PAN_MASKED.match, _EXPIRY.match, _RESPONSE_CODE.match)
     for tx in remise.transactions:
-        at = f"{where}, transaction {tx.seq}"
-        _check_int(at, "seq", tx.seq, 0, 2**31 - 1)
-        if tx.seq in seen:
-            raise InvalidRemise(f"{at}: sequence number repeated")
-        seen.add(tx.seq)
-        _check_time(at, "at", tx.at)
-        _check_int(at, "amount", tx.amount, 0, 2**62)
-        if tx.currency != remise.currency:
-            raise InvalidRemise(
-                f"{at}: currency {tx.currency} differs from the remise's {remise.currency}"
-            )
-        if not _PAN_MASKED.match(tx.pan_masked):
-            raise InvalidRemise(f"{at}: pan_masked must be 6 digits, 2-9 '*', 4 digits")
-        if len(tx.pan_hmac) != 32:
-            raise InvalidRemise(f"{at}: pan_hmac must be 32 bytes, got {len(tx.pan_hmac)}")
-        _check_int(at, "pan_hmac_key_version", tx.pan_hmac_key_version, 1, 32767)
-        if tx.expiry is not None and not _EXPIRY.match(tx.expiry):
-            raise InvalidRemise(f"{at}: expiry {tx.expiry!r} is not YYMM")
-        if tx.response_code is not None and not _RESPONSE_CODE.match(tx.response_code):
-            raise InvalidRemise(f"{at}: response code {tx.response_code!r} is not 2 characters")
-        for name in ("authorization_number", "issuer", "product", "rrn", "stan", "aid"):
-            _check_text(at, name, getattr(tx, name))
+        # The checks of `_check_transaction`, in one expression: a good transaction (all
+        # of them, but for a bug) costs no call per field. Any doubt: the careful path.
+        seq, amount, version = tx.seq, tx.amount, tx.pan_hmac_key_version
+        if (seq.__class__ is int and 0 <= seq <= _MAX_INT4 and seq not in seen
+                and amount.__class__ is int and 0 <= amount <= _MAX_AMOUNT
+                and tx.currency == currency and tx.at.utcoffset() is not None
+                and pan_masked(tx.pan_masked) and len(tx.pan_hmac) == 32
+                and version.__class__ is int and 1 <= version <= 32767
+                and (tx.expiry is None or expiry(tx.expiry))
+                and (tx.response_code is None or response_code(tx.response_code))
+                and _short_texts(tx)):
+            seen.add(seq)
+            continue
+        _check_transaction(where, remise, tx, seen)
+        seen.add(seq)
+
+
+def _short_texts(tx: RemiseTransaction) -> bool:
+    for value in (tx.authorization_number, tx.issuer, tx.product, tx.rrn, tx.stan, tx.aid):
+        if value is not None and (len(value) > _MAX_TEXT or not value.isprintable()):
+            return False
+    return True
+
+
+def _check_transaction(where: str, remise: Remise, tx: RemiseTransaction,
+                       seen: set[int]) -> None:
+    """Each check of a transaction in turn; raises `InvalidRemise` naming the first that
+    fails (a transaction `validate`'s one expression doubted may still be good)."""
+    at = f"{where}, transaction {tx.seq}"
+    _check_int(at, "seq", tx.seq, 0, _MAX_INT4)
+    if tx.seq in seen:
+        raise InvalidRemise(f"{at}: sequence number repeated")
+    _check_time(at, "at", tx.at)
+    _check_int(at, "amount", tx.amount, 0, _MAX_AMOUNT)
+    if tx.currency != remise.currency:
+        raise InvalidRemise(
+            f"{at}: currency {tx.currency} differs from the remise's {remise.currency}"
+        )
+    if not isinstance(tx.pan_masked, str) or not _PAN_MASKED.match(tx.pan_masked):
+        raise InvalidRemise(f"{at}: pan_masked must be 6 digits, 2-9 '*', 4 digits")
+    if len(tx.pan_hmac) != 32:
+        raise InvalidRemise(f"{at}: pan_hmac must be 32 bytes, got {len(tx.pan_hmac)}")
+    _check_int(at, "pan_hmac_key_version", tx.pan_hmac_key_version, 1, 32767)
+    if tx.expiry is not None and not _EXPIRY.match(tx.expiry):
+        raise InvalidRemise(f"{at}: expiry {tx.expiry!r} is not YYMM")
+    if tx.response_code is not None and not _RESPONSE_CODE.match(tx.response_code):
+        raise InvalidRemise(f"{at}: response code {tx.response_code!r} is not 2 characters")
+    for name in _TEXT_FIELDS:
+        _check_text(at, name, getattr(tx, name))
 
 
 class _Context(NamedTuple):
@@ -297,19 +340,27 @@ WITH ctx AS (
 SELECT ctx.*, (SELECT id FROM claim) FROM ctx
 """  # noqa: S608
 
-# (column, PostgreSQL type for binary COPY)
-_TX_COLUMNS = (
-    ("tx_at", "timestamptz"), ("remise_id", "int8"), ("seq", "int4"),
-    ("collected_at", "timestamptz"), ("remise_state", "text"), ("remise_number", "int4"),
-    ("file_number", "int4"), ("terminal_serial", "text"), ("maker", "text"),
-    ("contract_id", "int8"), ("contract_number", "text"), ("rang", "text"),
-    ("bank_code", "text"), ("application", "text"), ("label", "text"),
-    ("trade_name", "text"), ("siret", "text"), ("operation", "text"), ("direction", "text"),
-    ("result", "text"), ("response_code", "text"), ("amount", "int8"), ("currency", "int2"),
-    ("pan_masked", "text"), ("pan_hmac", "bytea"), ("pan_hmac_key_version", "int2"),
-    ("expiry", "text"), ("authorization_number", "text"), ("issuer", "text"),
-    ("product", "text"), ("rrn", "text"), ("stan", "text"), ("aid", "text"),
+# (column, PostgreSQL type for binary COPY). Per transaction first the fixed-size values,
+# then what is the same for the whole remise, then the text values: `copy_transactions`
+# writes each row as one packed head, one block shared by the remise, and the texts.
+_TX_FIXED = (
+    ("tx_at", "timestamptz"), ("seq", "int4"), ("amount", "int8"), ("currency", "int2"),
+    ("pan_hmac", "bytea"), ("pan_hmac_key_version", "int2"),
 )
+_TX_REMISE = (
+    ("remise_id", "int8"), ("collected_at", "timestamptz"), ("remise_state", "text"),
+    ("remise_number", "int4"), ("file_number", "int4"), ("terminal_serial", "text"),
+    ("maker", "text"), ("contract_id", "int8"), ("contract_number", "text"),
+    ("rang", "text"), ("bank_code", "text"), ("application", "text"), ("label", "text"),
+    ("trade_name", "text"), ("siret", "text"),
+)
+_TX_TEXT = (
+    ("operation", "text"), ("direction", "text"), ("result", "text"),
+    ("response_code", "text"), ("pan_masked", "text"), ("expiry", "text"),
+    ("authorization_number", "text"), ("issuer", "text"), ("product", "text"),
+    ("rrn", "text"), ("stan", "text"), ("aid", "text"),
+)
+_TX_COLUMNS = (*_TX_FIXED, *_TX_REMISE, *_TX_TEXT)
 COPY_TRANSACTIONS = (
     f"COPY transactions ({', '.join(c for c, _ in _TX_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
@@ -320,20 +371,114 @@ _DIRECTION = {"purchase": "debit", "refund": "credit", "cancellation": "credit"}
 def transaction_rows(
     remise: Remise, remise_id: int, remise_state: str, context: Sequence[object]
 ) -> list[tuple[object, ...]]:
-    """The COPY rows of a remise's transactions (context: a `_Context`-shaped sequence)."""
+    """The COPY rows of a remise's transactions (context: a `_Context`-shaped sequence),
+    as tuples in `COPY_TRANSACTIONS` order (for `write_row`)."""
     (_tid, maker, _itp, contract_id, rang, bank_code, _acq, label, trade_name, siret) = context
     collected_at = remise.collected_at.astimezone(UTC)
     return [
         (
-            tx.at, remise_id, tx.seq, collected_at, remise_state, remise.remise_number,
-            remise.file_number, remise.terminal_serial, maker, contract_id,
-            remise.contract_number, rang, bank_code, remise.application, label, trade_name,
-            siret, tx.operation, _DIRECTION[tx.operation], tx.result, tx.response_code,
-            tx.amount, tx.currency, tx.pan_masked, tx.pan_hmac, tx.pan_hmac_key_version,
-            tx.expiry, tx.authorization_number, tx.issuer, tx.product, tx.rrn, tx.stan, tx.aid,
+            tx.at, tx.seq, tx.amount, tx.currency, tx.pan_hmac, tx.pan_hmac_key_version,
+            remise_id, collected_at, remise_state, remise.remise_number, remise.file_number,
+            remise.terminal_serial, maker, contract_id, remise.contract_number, rang,
+            bank_code, remise.application, label, trade_name, siret,
+            tx.operation, _DIRECTION[tx.operation], tx.result, tx.response_code,
+            tx.pan_masked, tx.expiry, tx.authorization_number, tx.issuer, tx.product, tx.rrn,
+            tx.stan, tx.aid,
         )
         for tx in remise.transactions
     ]
+
+
+# -- binary COPY, written here rather than value by value through psycopg's adapters -----
+# PostgreSQL's binary COPY format: a signature, then per row a 16-bit column count and per
+# column a 32-bit length (-1: NULL) and the value in its binary form (integers big-endian,
+# timestamptz as microseconds since 2000-01-01 UTC, text as UTF-8, bytea as is), then -1.
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # no flags, no header extension
+_TRAILER = b"\xff\xff"
+_NULL = b"\xff\xff\xff\xff"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_LENGTH = struct.Struct(">i").pack
+# column count, then tx_at, seq, amount, currency, pan_hmac (32 bytes), key version
+_HEAD = struct.Struct(">hiqiiiqihi32sih")
+_COLUMNS = len(_TX_COLUMNS)
+_MAX_CACHED_TEXT = 4096
+
+
+def _text(value: str | None) -> bytes:
+    if value is None:
+        return _NULL
+    raw = value.encode()
+    return _LENGTH(len(raw)) + raw
+
+
+class _TextCache(dict[str | None, bytes]):
+    """Encoded values of a column with few distinct values (response codes, issuers...):
+    a dict lookup instead of an encode per row. Bounded whatever the terminals send."""
+
+    def __missing__(self, value: str | None) -> bytes:
+        encoded = _text(value)
+        if len(self) < _MAX_CACHED_TEXT:
+            self[value] = encoded
+        return encoded
+
+
+_FEW = {name: _TextCache() for name in ("response_code", "expiry", "issuer", "product")}
+_OUTCOMES = {
+    (operation, result): _text(operation) + _text(direction) + _text(result)
+    for operation, direction in _DIRECTION.items() for result in ("approved", "declined")
+}
+
+
+def _int8(value: int) -> bytes:
+    return b"\x00\x00\x00\x08" + value.to_bytes(8, "big", signed=True)
+
+
+def _int4(value: int) -> bytes:
+    return b"\x00\x00\x00\x04" + value.to_bytes(4, "big", signed=True)
+
+
+def _timestamptz(value: datetime) -> int:
+    return (value - _PG_EPOCH) // _MICROSECOND
+
+
+def copy_transactions(
+    remise: Remise, remise_id: int, remise_state: str, context: Sequence[object]
+) -> bytes:
+    """The whole binary COPY payload of a remise's transactions (`COPY_TRANSACTIONS`): the
+    rows `transaction_rows` gives, encoded in one pass. The remise must be validated
+    (`validate`): a PAN HMAC is 32 bytes, every integer within its column's range."""
+    (_tid, maker, _itp, contract_id, rang, bank_code, _acq, label, trade_name, siret) = context
+    shared = b"".join((
+        _int8(remise_id), b"\x00\x00\x00\x08",
+        _timestamptz(remise.collected_at).to_bytes(8, "big", signed=True),
+        _text(remise_state), _int4(remise.remise_number), _int4(remise.file_number),
+        _text(remise.terminal_serial), _text(maker),  # type: ignore[arg-type]
+        _int8(contract_id),  # type: ignore[arg-type]
+        *(_text(v) for v in (remise.contract_number, rang, bank_code,  # type: ignore[misc]
+                             remise.application, label, trade_name, siret)),
+    ))
+    head, outcomes = _HEAD.pack, _OUTCOMES
+    codes, expiries, issuers, products = (_FEW["response_code"], _FEW["expiry"],
+                                          _FEW["issuer"], _FEW["product"])
+    parts = [_SIGNATURE]
+    append = parts.append
+    for tx in remise.transactions:
+        append(head(_COLUMNS, 8, (tx.at - _PG_EPOCH) // _MICROSECOND, 4, tx.seq, 8, tx.amount,
+                    2, tx.currency, 32, tx.pan_hmac, 2, tx.pan_hmac_key_version))
+        append(shared)
+        append(outcomes[tx.operation, tx.result])
+        append(codes[tx.response_code])
+        append(_text(tx.pan_masked))
+        append(expiries[tx.expiry])
+        append(_text(tx.authorization_number))
+        append(issuers[tx.issuer])
+        append(products[tx.product])
+        append(_text(tx.rrn))
+        append(_text(tx.stan))
+        append(_text(tx.aid))
+    append(_TRAILER)
+    return b"".join(parts)
 
 
 class RemiseWriter:
@@ -409,13 +554,11 @@ class RemiseWriter:
                          application=key[2], remise=key[3], remise_id=existing.remise_id)
                 return existing
             if remise.transactions:
-                rows = transaction_rows(
+                payload = copy_transactions(
                     remise, remise_id, "correct" if is_correct else "difference", context
                 )
                 async with conn.cursor().copy(COPY_TRANSACTIONS) as copy:
-                    copy.set_types(COPY_TYPES)
-                    for row in rows:
-                        await copy.write_row(row)
+                    await copy.write(payload)  # one buffer: the remise's rows, encoded
         log.info("storage.remise_stored", terminal=key[0], contract=key[1],
                  application=key[2], remise=key[3], remise_id=remise_id,
                  transactions=len(remise.transactions), status=status, spooled=spooled)

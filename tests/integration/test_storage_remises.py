@@ -14,11 +14,15 @@ import pytest
 from passerelle.storage.fleet import upsert_terminal
 from passerelle.storage.pan import luhn_valid
 from passerelle.storage.remises import (
+    COPY_TRANSACTIONS,
+    COPY_TYPES,
     STATUS_CORRECT,
     InvalidRemise,
     RemiseTotals,
     RemiseWriter,
     UnknownReference,
+    copy_transactions,
+    transaction_rows,
 )
 from tests.integration.storage_helpers import make_remise, run_with_writer, setup_fleet
 
@@ -66,6 +70,35 @@ def test_remise_is_stored_with_rows_matching_what_the_terminal_sent(db_dsn: str)
     assert [row[:11] for row in rows] == sent
     assert {row[11] for row in rows if row[2] == "purchase"} == {"debit"}
     assert {row[12] for row in rows} == {"correct"}
+
+
+def test_encoded_copy_stores_what_psycopg_rows_store(db_dsn: str) -> None:
+    """The writer's own binary COPY and psycopg's adapters, fed the same rows, store the
+    same values in every column: NULLs, non-ASCII text, extreme integers and times."""
+    remise = make_remise(transactions=40, seed=7)
+    odd = [
+        msgspec.structs.replace(tx, expiry=None, authorization_number=None, issuer=None,
+                                product="TITRE RESTAURANT ÉTÉ", rrn=None, stan=None, aid=None,
+                                amount=2**62, at=datetime(1999, 12, 31, 23, 59, 59, 999999,
+                                                          tzinfo=UTC))
+        if tx.seq % 3 == 0 else tx for tx in remise.transactions
+    ]
+    remise = msgspec.structs.replace(remise, transactions=odd, file_number=2**31 - 1)
+    context = (0, None, None, 7, "001", "30004", None, "CAFÉ\\TAB", None, "99900000000011")
+    columns = ", ".join(c.split()[0] for c in COPY_TRANSACTIONS.split("(", 2)[1]
+                        .split(")")[0].split(", ") if c != "remise_id")
+    with psycopg.connect(db_dsn) as conn, conn.cursor() as cur:
+        with cur.copy(COPY_TRANSACTIONS) as copy:
+            copy.write(copy_transactions(remise, 1, "difference", context))
+        with cur.copy(COPY_TRANSACTIONS) as copy:
+            copy.set_types(COPY_TYPES)
+            for row in transaction_rows(remise, 2, "difference", context):
+                copy.write_row(row)
+        ours, theirs = (cur.execute(f"SELECT {columns} FROM transactions WHERE remise_id = %s"
+                                    " ORDER BY seq", (remise_id,)).fetchall()
+                        for remise_id in (1, 2))
+    assert len(ours) == 40 and ours == theirs
+    assert ours[2][columns.split(", ").index("product")] == "TITRE RESTAURANT ÉTÉ"
 
 
 def test_repeated_remise_is_acknowledged_and_stored_once(db_dsn: str) -> None:
