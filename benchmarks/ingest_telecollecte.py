@@ -11,8 +11,12 @@ the last 0516. It is compared, in the same run and on the same table, with:
 * the remise writer alone (no terminals, no dialogue), to show what the path adds
   (all three from `benchmarks/ingest.py`, so the two benchmarks share one baseline).
 
-The terminals' messages are encoded before the clock starts: a real terminal encodes on its
-own CPU, not on the gateway's.
+The terminals' messages are encoded before the clock starts, down to the framed CBCOM IPDUs
+on the TCP stream, and the terminals do nothing else while it runs (write, read the answers):
+a real terminal spends its own CPU, not the gateway's, and this process shares the machine
+with switchd and PostgreSQL. A window of 0246 goes out in one write (`--write-per-message`:
+one write each), on uvloop as switchd; the CPU of each party per transaction is reported
+beside the rates.
 
     .venv/bin/python benchmarks/ingest_telecollecte.py --quick --json \
         benchmarks/results/ingest_telecollecte.json
@@ -33,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +46,7 @@ from typing import Any
 import psutil
 import psycopg
 import structlog
+import uvloop
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -49,11 +55,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import ingest  # noqa: E402 - benchmarks/ingest.py: the shared COPY/INSERT baselines
 
+from passerelle.codecs import cbcom  # noqa: E402
+from passerelle.codecs.cbcom import PROTOCOL_TRANSFER, ProtocolId  # noqa: E402
 from passerelle.sim.pki import make_pki  # noqa: E402
 from passerelle.sim.telecollecte import (  # noqa: E402
     Batch,
     answer_code,
-    dial,
     end_message,
     generate_batches,
     header_message,
@@ -80,38 +87,131 @@ WINDOW = 32
 
 @dataclass
 class Script:
-    """One terminal's session, encoded in advance."""
+    """One terminal's session, encoded in advance down to the TCP stream: each CB2A message
+    in its CBCOM DE, behind its 4-byte length. `files`: per file, the 0306, the 0246s
+    grouped by window (one write each, or one per message with `--write-per-message`), and
+    the 0506."""
 
     sign_on: bytes
-    files: list[tuple[bytes, list[bytes], bytes]]  # 0306, 0246s, 0506
+    files: list[tuple[bytes, list[list[bytes]], bytes]]
+
+
+def _frame(apdu: bytes) -> bytes:
+    ipdu = cbcom.encode_data(apdu)
+    return len(ipdu).to_bytes(4, "big") + ipdu
+
+
+_CONNECT = cbcom.connect(ProtocolId(protocol_type=PROTOCOL_TRANSFER)).encode()
+_CONNECT_FRAME = len(_CONNECT).to_bytes(4, "big") + _CONNECT
+_END = cbcom.abort(cbcom.CODE_NORMAL_END).encode()
+_END_FRAME = len(_END).to_bytes(4, "big") + _END
 
 
 def _scripts(fleet: list[list[Batch]]) -> list[Script]:
-    return [Script(sign_on_message(batches[0].terminal, batches[0].contract), [
-        (header_message(b, WINDOW),
-         [transaction_message(b, n, tx) for n, tx in enumerate(b.transactions, 1)],
-         end_message(b)) for b in batches]) for batches in fleet]
+    scripts = []
+    for batches in fleet:
+        files = []
+        for batch in batches:
+            frames = [_frame(transaction_message(batch, n, tx))
+                      for n, tx in enumerate(batch.transactions, 1)]
+            files.append((_frame(header_message(batch, WINDOW)),
+                          [frames[i : i + WINDOW] for i in range(0, len(frames), WINDOW)],
+                          _frame(end_message(batch))))
+        scripts.append(Script(_frame(sign_on_message(batches[0].terminal,
+                                                     batches[0].contract)), files))
+    return scripts
 
 
-async def _terminal(port: int, script: Script) -> int:
+class _Terminal(asyncio.Protocol):
+    """A terminal reduced to its wire, so that the benchmark process spends little CPU per
+    message (a real terminal spends its own): it writes IPDUs framed in advance and cuts
+    what comes back into IPDUs, nothing more. The CBCOM CN/AC and AB are real; answers are
+    parsed as CB2A only where the script reads them (the 0516's response code)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._ipdus: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            end = 4 + int.from_bytes(buffer[:4], "big")
+            if len(buffer) < end:
+                break
+            self._ipdus.append(bytes(buffer[4:end]))
+            del buffer[:end]
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionError("switchd closed the connection")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def ipdu(self, timeout: float) -> bytes:
+        while not self._ipdus:
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(self._waiter, timeout)
+        return self._ipdus.popleft()
+
+    async def answer(self, timeout: float) -> bytes:
+        """The next CB2A answer (the APDU of a DE); an AB or anything else ends the run."""
+        ipdu = cbcom.decode(await self.ipdu(timeout))
+        if ipdu.pgi != cbcom.DE:
+            raise SystemExit(f"switchd sent a CBCOM {ipdu.name} where a DE was expected")
+        return ipdu.apdu
+
+
+async def _terminal(port: int, script: Script, per_message: bool) -> int:
     """Play one session; the number of transactions acknowledged by 0516 = 00."""
     acknowledged = 0
-    async with await dial("cbcom", "127.0.0.1", port, timeout=60) as tpe:
-        await tpe.exchange(script.sign_on, 60)
-        for header, transactions, end in script.files:
-            await tpe.exchange(header, 60)
-            for number, message in enumerate(transactions, 1):
-                tpe.send(message)
-                if number % WINDOW == 0 or number == len(transactions):
-                    await tpe.receive(60)
-            if answer_code(await tpe.exchange(end, 60))[1] == "00":
-                acknowledged += len(transactions)
+    _, tpe = await asyncio.get_running_loop().create_connection(
+        _Terminal, "127.0.0.1", port)
+    try:
+        tpe.write(_CONNECT_FRAME)
+        if (await tpe.ipdu(60))[0] != cbcom.AC:
+            raise SystemExit("switchd did not accept the CBCOM connection")
+        tpe.write(script.sign_on)
+        await tpe.answer(60)
+        for header, windows, end in script.files:
+            tpe.write(header)
+            await tpe.answer(60)
+            for window in windows:
+                if per_message:
+                    for frame in window:
+                        tpe.write(frame)
+                else:
+                    tpe.write(b"".join(window))
+                await tpe.answer(60)  # the 0256 of the window
+            tpe.write(end)
+            if answer_code(await tpe.answer(60))[1] == "00":
+                acknowledged += sum(len(window) for window in windows)
+        tpe.write(_END_FRAME)
+    finally:
+        assert tpe.transport is not None
+        tpe.transport.close()
     return acknowledged
 
 
-async def _telecollecte(ports: list[int], scripts: list[Script]) -> tuple[float, int]:
+async def _telecollecte(ports: list[int], scripts: list[Script],
+                        per_message: bool) -> tuple[float, int]:
     start = time.perf_counter()
-    counts = await asyncio.gather(*(_terminal(ports[n % len(ports)], s)
+    counts = await asyncio.gather(*(_terminal(ports[n % len(ports)], s, per_message)
                                     for n, s in enumerate(scripts)))
     return time.perf_counter() - start, sum(counts)
 
@@ -150,6 +250,31 @@ def _fleet(terminals: int, files: int, per_file: int, round_: int) -> list[list[
     return fleet
 
 
+def _cpu(processes: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+def _busy(times: Any) -> float:
+    """Machine-wide CPU seconds not idle (all cores)."""
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _backend_cpu(dsn: str, before: dict[int, float]) -> dict[int, float]:
+    """CPU seconds of the scratch database's backends (other than this query's), minus
+    what they had used at `before`; a backend that ended meanwhile is not counted."""
+    with psycopg.connect(dsn) as conn:
+        pids = [pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")]
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = _cpu([psutil.Process(pid)]) - before.get(pid, 0.0)
+        except psutil.Error:
+            continue
+    return out
+
+
 def _node_settings(dsn: str, workdir: Path, workers: int) -> dict[str, Any]:
     settings = settings_dict(dsn, workdir / "state", make_pki(workdir / "pki"),
                              max_window=WINDOW)
@@ -161,7 +286,7 @@ def _node_settings(dsn: str, workdir: Path, workers: int) -> dict[str, Any]:
 
 
 def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
-         rounds: int, workers: int, nodes: int) -> dict[str, object]:
+         rounds: int, workers: int, nodes: int, per_message: bool) -> dict[str, object]:
     # Each node its own state directory (spool); together as many connections as baselines.
     node_dirs = [workdir / f"node{n}" for n in range(nodes)]
     for node_dir in node_dirs:
@@ -169,7 +294,12 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
     settings = [_node_settings(dsn, d, max(1, workers // nodes)) for d in node_dirs]
     rates: dict[str, list[float]] = {"telecollecte": [], "writer": [], "copy": [],
                                      "insert": []}
-    cpu: list[float] = []  # switchd CPU seconds per transaction, whatever else the machine runs
+    # CPU seconds per transaction, whatever else the machine runs: switchd, the terminals
+    # (this process), the PostgreSQL backends of the scratch database, the whole machine.
+    cpu: list[float] = []
+    terminals_cpu: list[float] = []
+    postgres_cpu: list[float] = []
+    machine_busy: list[float] = []
     for round_ in range(rounds):
         fleet = _fleet(terminals, files, per_file, round_)
         total = sum(len(b.transactions) for batches in fleet for b in batches)
@@ -180,11 +310,19 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
             for node_settings, node_dir in zip(settings, node_dirs, strict=True):
                 gateways.append(SwitchdProcess(node_settings, node_dir, ready_timeout=60).start())
             processes = [psutil.Process(g.proc.pid) for g in gateways if g.proc is not None]
-            cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
-            elapsed, acknowledged = asyncio.run(_telecollecte(
-                [g.port("cbcom") for g in gateways], scripts))
-            cpu.append((sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before)
-                       / max(acknowledged, 1))
+            cpu_before = _cpu(processes)
+            backends_before = _backend_cpu(dsn, {})
+            own_before, machine_before = os.times(), psutil.cpu_times()
+            elapsed, acknowledged = uvloop.run(_telecollecte(
+                [g.port("cbcom") for g in gateways], scripts, per_message))
+            own, machine = os.times(), psutil.cpu_times()
+            backends = _backend_cpu(dsn, backends_before)
+            per = 1 / max(acknowledged, 1)
+            cpu.append((_cpu(processes) - cpu_before) * per)
+            terminals_cpu.append((own.user + own.system - own_before.user
+                                  - own_before.system) * per)
+            postgres_cpu.append(sum(backends.values()) * per)
+            machine_busy.append((_busy(machine) - _busy(machine_before)) * per)
         finally:
             for gateway in gateways:
                 gateway.stop()
@@ -216,6 +354,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         "files_per_terminal": files,
         "transactions_per_file": f"{per_file // 2}..{per_file * 3 // 2}",
         "window": WINDOW,
+        "terminal_writes": "one per message" if per_message else "one per window",
         "transactions_last_round": total,
         "rounds": rounds,
         "baseline_workers": workers,
@@ -224,6 +363,9 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         "raw_copy_rows_per_s": round(statistics.median(rates["copy"])),
         "row_by_row_insert_rows_per_s": round(statistics.median(rates["insert"])),
         "switchd_cpu_us_per_transaction": round(statistics.median(cpu) * 1e6, 1),
+        "terminals_cpu_us_per_transaction": round(statistics.median(terminals_cpu) * 1e6, 1),
+        "postgres_cpu_us_per_transaction": round(statistics.median(postgres_cpu) * 1e6, 1),
+        "machine_busy_us_per_transaction": round(statistics.median(machine_busy) * 1e6, 1),
         "ratio_to_raw_copy": round(to_copy, 3),
         "ratio_to_row_by_row_insert": round(to_insert, 2),
         "ratio_to_writer_alone": round(statistics.median(
@@ -248,6 +390,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds of the three methods")
     parser.add_argument("--nodes", type=int, default=1,
                         help="switchd processes sharing the terminals (scale-out)")
+    parser.add_argument("--write-per-message", action="store_true",
+                        help="terminals write each message on its own (default: a window "
+                        "of messages in one write, as a terminal's send buffer would)")
     parser.add_argument("--workers", type=int, default=8,
                         help="pool size of switchd, and COPY/INSERT workers of the baselines")
     args = parser.parse_args()
@@ -267,7 +412,8 @@ def main() -> int:
         migrate(dsn)
         setup_fleet(dsn, terminals=terminals)
         figures = _run(dsn, workdir, terminals=terminals, files=files, per_file=per_file,
-                       rounds=rounds, workers=args.workers, nodes=args.nodes)
+                       rounds=rounds, workers=args.workers, nodes=args.nodes,
+                       per_message=args.write_per_message)
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
             admin.execute(
