@@ -40,7 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `--compiled` starts one switchd from a scratch copy with the mypyc build: its (spawned)
+# interpreter finds the package there first.
+sys.path.insert(0, os.environ.get("AUTH_BENCH_PACKAGE_ROOT")
+                or str(Path(__file__).resolve().parents[1]))
 
 import uvloop
 
@@ -170,10 +173,22 @@ def _run_relay(acquirer_port: int, ready: Any) -> None:
     uvloop.run(main())
 
 
-def _spawn(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, int]:
+def _spawn(target: Callable[..., None], *args: Any,
+           package_root: Path | None = None) -> tuple[Any, int]:
+    """A child process running `target`; with `package_root`, a fresh interpreter (spawn)
+    that imports the package from there rather than a fork of this one."""
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.Process(target=target, args=(*args, child), daemon=True)
-    process.start()
+    if package_root is None:
+        process: Any = multiprocessing.Process(target=target, args=(*args, child), daemon=True)
+        process.start()
+    else:
+        os.environ["AUTH_BENCH_PACKAGE_ROOT"] = str(package_root)
+        try:
+            process = multiprocessing.get_context("spawn").Process(
+                target=target, args=(*args, child), daemon=True)
+            process.start()
+        finally:
+            del os.environ["AUTH_BENCH_PACKAGE_ROOT"]
     if not parent.poll(30):
         process.kill()
         raise RuntimeError(f"{target.__name__} did not start")
@@ -302,6 +317,15 @@ async def _paced(port: int, rate: float, seconds: float) -> list[float]:
     return latencies
 
 
+def _build_compiled() -> Path:
+    """A scratch copy of the package with setup.py's hot modules compiled by mypyc, as
+    `benchmarks/echo.py --compiled` builds it (nothing in the tree changes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from echo import build_compiled  # noqa: PLC0415 - only with --compiled
+
+    return build_compiled(Path(tempfile.mkdtemp(prefix="auth-mypyc-")))
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by process `pid` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -320,6 +344,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also measure a switchd running setup.py's mypyc build (built "
+                             "into a scratch copy; needs mypy), after the pure-Python figures")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() in switchd after start-up too (the simulators, the "
                              "relay and the load generator always do)")
@@ -333,6 +360,13 @@ def main() -> int:
         switchd, switchd_port = _spawn(_run_switchd, port93, args.gc_freeze)
         relay, relay_port = _spawn(_run_relay, portcb)
         processes = [sim93, simcb, switchd, relay]
+        compiled: Any = None
+        if args.compiled:
+            compiled, compiled_port = _spawn(_run_switchd, port93, args.gc_freeze,
+                                             package_root=_build_compiled())
+            processes.append(compiled)
+            if "__mypyc" not in Path(f"/proc/{compiled.pid}/maps").read_text():
+                raise SystemExit("the compiled switchd did not load the mypyc build")
 
         async def measure() -> dict[str, Any]:
             pids = {"relay": relay.pid, "sim_cb2a": simcb.pid, "switchd": switchd.pid,
@@ -352,8 +386,15 @@ def main() -> int:
             direct = await _paced(portcb, 1000, seconds)
             relayed = await _paced(relay_port, 1000, seconds)
             through = await _paced(switchd_port, 1000, seconds)
-            return {"relay": relay_rate, "switchd": switchd_rate, "direct": direct,
-                    "through": through, "relayed": relayed, "cpu": cpu}
+            result = {"relay": relay_rate, "switchd": switchd_rate, "direct": direct,
+                      "through": through, "relayed": relayed, "cpu": cpu}
+            if compiled is not None:
+                before_compiled = _cpu(compiled.pid)
+                result["compiled"] = await _throughput(compiled_port, seconds)
+                result["compiled_cpu"] = (_cpu(compiled.pid) - before_compiled) / (
+                    result["compiled"] * seconds)
+                result["compiled_paced"] = await _paced(compiled_port, 1000, seconds)
+            return result
 
         gc.freeze()  # after the fork: the children start with nothing frozen
         raw = uvloop.run(measure())
@@ -385,6 +426,16 @@ def main() -> int:
     }
     figures["added_p50_ms"] = round(figures["switchd_p50_ms"] - figures["direct_p50_ms"], 3)
     figures["added_p99_ms"] = round(figures["switchd_p99_ms"] - figures["direct_p99_ms"], 3)
+    if args.compiled:
+        figures["mypyc"] = {
+            "switchd_auth_per_s": round(raw["compiled"]),
+            "ratio_to_relay": round(raw["compiled"] / raw["relay"], 3),
+            "switchd_cpu_us_per_auth": round(raw["compiled_cpu"] * 1e6, 1),
+            "added_p50_ms": round((_pct(raw["compiled_paced"], 0.5) -
+                                   _pct(raw["direct"], 0.5)) * ms, 3),
+            "added_p99_ms": round((_pct(raw["compiled_paced"], 0.99) -
+                                   _pct(raw["direct"], 0.99)) * ms, 3),
+        }
     figures["mean_added_ms"] = round(
         (statistics.fmean(raw["through"]) - statistics.fmean(raw["direct"])) * ms, 3)
     met = {
