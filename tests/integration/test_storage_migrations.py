@@ -85,3 +85,23 @@ def test_no_column_can_hold_card_secrets(db_dsn: str) -> None:
 def test_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(StorageError, match="cannot connect to PostgreSQL at"):
         migrate("host=127.0.0.1 port=1 user=postgres dbname=postgres connect_timeout=2")
+
+
+def test_scope_indexes_reach_partitions_attached_later(empty_db_dsn: str) -> None:
+    """0007's (contract_id, time) indexes live on the parents, so a month that retention
+    attaches years later gets them too (a scoped search there must not scan the month)."""
+    migrate(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        for parent in ("remises", "transactions"):
+            conn.execute("SELECT passerelle_ensure_month_partition(%s, '2031-02-01')",
+                         (parent,))
+        rows = conn.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE tablename IN"
+            " ('remises_p203102', 'transactions_p203102') AND indexdef LIKE '%(contract_id, %'"
+        ).fetchall()
+    assert sorted(rows) == [
+        ("remises_p203102", "CREATE INDEX remises_p203102_contract_id_collected_at_idx ON"
+         " public.remises_p203102 USING btree (contract_id, collected_at)"),
+        ("transactions_p203102", "CREATE INDEX transactions_p203102_contract_id_tx_at_idx ON"
+         " public.transactions_p203102 USING btree (contract_id, tx_at)"),
+    ]
