@@ -240,10 +240,24 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# A filter on application or contract number also narrows the scope to the contracts that
+# have them. An equivalence, not a new filter: a stored row's contract_id is the contract
+# found by its (contract_number, application), which never change (storage/remises.py), and
+# the row's own predicate stays in the WHERE clause. It lets a meal-voucher search read
+# only the merchant's CONECS contracts' rows instead of filtering all of theirs.
 _SCOPE = """SELECT u.role = 'operator',
-       COALESCE(array_agg(s.contract_id) FILTER (WHERE s.contract_id IS NOT NULL), '{}')
-  FROM users u LEFT JOIN user_scopes s ON s.user_id = u.id
- WHERE u.id = %s AND u.active GROUP BY u.id, u.role"""
+       COALESCE(array_agg(c.id) FILTER (WHERE c.id IS NOT NULL), '{}')
+  FROM users u
+  LEFT JOIN user_scopes s ON s.user_id = u.id
+  LEFT JOIN contracts c ON c.id = s.contract_id
+        AND (%(application)s::text IS NULL OR c.application = %(application)s)
+        AND (%(number)s::text IS NULL OR c.contract_number = %(number)s)
+ WHERE u.id = %(user)s AND u.active GROUP BY u.id, u.role"""
+
+
+def _scope_params(user_id: int, filters: _Common | None) -> dict[str, Any]:
+    return {"user": user_id, "application": filters and filters.application,
+            "number": filters and filters.contract_number}
 
 
 def _scope_of(row: tuple[bool, list[int]] | None) -> Scope:
@@ -253,20 +267,23 @@ def _scope_of(row: tuple[bool, list[int]] | None) -> Scope:
     return None if is_operator else tuple(sorted(contracts))
 
 
-def resolve_scope(conn: psycopg.Connection, user_id: int | None) -> Scope:
-    """The contracts `user_id` may see (None: all of them); see `Scope`."""
+def resolve_scope(conn: psycopg.Connection, user_id: int | None,
+                  filters: _Common | None = None) -> Scope:
+    """The contracts `user_id` may see (None: all of them), narrowed to those `filters`
+    can match; see `Scope`."""
     if user_id is None:
         return None
     with translate_errors("reading the user's scope"):
-        return _scope_of(conn.execute(_SCOPE, (user_id,)).fetchone())
+        return _scope_of(conn.execute(_SCOPE, _scope_params(user_id, filters)).fetchone())
 
 
-async def aresolve_scope(conn: psycopg.AsyncConnection, user_id: int | None) -> Scope:
+async def aresolve_scope(conn: psycopg.AsyncConnection, user_id: int | None,
+                         filters: _Common | None = None) -> Scope:
     """`resolve_scope` for asyncio connections."""
     if user_id is None:
         return None
     with translate_errors("reading the user's scope"):
-        cur = await conn.execute(_SCOPE, (user_id,))
+        cur = await conn.execute(_SCOPE, _scope_params(user_id, filters))
         return _scope_of(await cur.fetchone())
 
 
@@ -325,7 +342,7 @@ def build_where(
         else:  # a field added to filters.py but not here must fail loudly, not be ignored
             raise FilterError(field, f"is not a filter of {table.name}")
     if scope is not None:
-        add("contract_id = ANY({p})", list(scope))
+        add("contract_id = ANY({p}::bigint[])", list(scope))
     if not preds:
         return sql.Composed([sql.SQL("true")]), params
     return sql.SQL(" AND ").join(preds), params
@@ -430,7 +447,7 @@ def _page(rows: list[Any], sort: str, column: str, limit: int) -> Page[Any]:
 def search(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters,
            *, user_id: int | None = None, **options: Any) -> Page[Any]:
     """One page of remises or transactions (by the type of `filters`)."""
-    scope = resolve_scope(conn, user_id)
+    scope = resolve_scope(conn, user_id, filters)
     query, params, column, limit = build_search(filters, scope=scope, **options)
     sort = options.get("sort", "date")
     with translate_errors("searching"), conn.cursor(
@@ -443,7 +460,7 @@ def search(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters
 async def asearch(conn: psycopg.AsyncConnection, filters: RemiseFilters | TransactionFilters,
                   *, user_id: int | None = None, **options: Any) -> Page[Any]:
     """`search` for asyncio connections."""
-    scope = await aresolve_scope(conn, user_id)
+    scope = await aresolve_scope(conn, user_id, filters)
     query, params, column, limit = build_search(filters, scope=scope, **options)
     sort = options.get("sort", "date")
     with translate_errors("searching"):
@@ -515,7 +532,8 @@ def _totals(rows: list[tuple[Any, ...]]) -> list[Totals]:
 def totals(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters,
            *, user_id: int | None = None, **options: Any) -> list[Totals]:
     """Totals of a search, one row per currency (and group): count and amounts."""
-    query, params = build_totals(filters, scope=resolve_scope(conn, user_id), **options)
+    query, params = build_totals(filters, scope=resolve_scope(conn, user_id, filters),
+                                 **options)
     with translate_errors("computing totals"):
         return _totals(conn.execute(query, params).fetchall())
 
@@ -523,7 +541,7 @@ def totals(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters
 async def atotals(conn: psycopg.AsyncConnection, filters: RemiseFilters | TransactionFilters,
                   *, user_id: int | None = None, **options: Any) -> list[Totals]:
     """`totals` for asyncio connections."""
-    scope = await aresolve_scope(conn, user_id)
+    scope = await aresolve_scope(conn, user_id, filters)
     query, params = build_totals(filters, scope=scope, **options)
     with translate_errors("computing totals"):
         cur = await conn.execute(query, params)
@@ -565,7 +583,7 @@ _CURSOR_NUMBERS = itertools.count(1)  # unique names: two streams may share a co
 def _iterate(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters,
              user_id: int | None, batch: int) -> Iterator[Any]:
     table = _table_for(filters)
-    where, params = build_where(table, filters, resolve_scope(conn, user_id))
+    where, params = build_where(table, filters, resolve_scope(conn, user_id, filters))
     query = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY {time}, id").format(
         cols=_columns(table), table=sql.Identifier(table.name), where=where,
         time=sql.Identifier(table.time_column),
@@ -597,7 +615,7 @@ def count(conn: psycopg.Connection, filters: RemiseFilters | TransactionFilters,
           user_id: int | None = None) -> int:
     """How many rows match (for a progress bar)."""
     table = _table_for(filters)
-    where, params = build_where(table, filters, resolve_scope(conn, user_id))
+    where, params = build_where(table, filters, resolve_scope(conn, user_id, filters))
     query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
         sql.Identifier(table.name), where
     )

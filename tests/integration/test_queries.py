@@ -239,6 +239,42 @@ def test_card_number_is_found_under_every_key_version(conn, all_transactions) ->
     assert every_id(conn, TransactionFilters(card_digests=other)) == []
 
 
+def test_application_and_contract_filters_within_a_scope(conn, all_transactions) -> None:
+    """The scope narrowed by application or contract number finds exactly the rows the
+    filters alone would find inside the scope: no meal voucher lost, none from outside."""
+    merchant = conn.execute("SELECT merchant_id FROM contracts WHERE application = 'CONECS'"
+                            " ORDER BY id LIMIT 1").fetchone()[0]
+    user_id = conn.execute("INSERT INTO users (email, role) VALUES ('mv@example.fr',"
+                           " 'merchant') RETURNING id").fetchone()[0]
+    conn.execute("INSERT INTO user_scopes (user_id, contract_id) SELECT %s, id FROM contracts"
+                 " WHERE merchant_id = %s", (user_id, merchant))
+    scoped = {r[0] for r in conn.execute("SELECT id FROM contracts WHERE merchant_id = %s",
+                                         (merchant,)).fetchall()}
+    number = conn.execute("SELECT contract_number FROM contracts WHERE merchant_id = %s AND"
+                          " application = 'CBEMV'", (merchant,)).fetchone()[0]
+    conn.commit()
+    try:
+        vouchers = TransactionFilters(application="CONECS")
+        expected = {t.id for t in all_transactions
+                    if t.contract_id in scoped and t.application == "CONECS"}
+        assert expected and set(every_id(conn, vouchers, user_id=user_id)) == expected
+        (total,) = queries.totals(conn, vouchers, user_id=user_id)
+        assert total.count == len(expected)
+        by_number = TransactionFilters(contract_number=number)
+        expected = {t.id for t in all_transactions
+                    if t.contract_id in scoped and t.contract_number == number}
+        assert {t.application for t in all_transactions if t.id in expected} == {
+            "CBEMV", "CBCLESS"}
+        assert set(every_id(conn, by_number, user_id=user_id)) == expected
+        # A contract number of someone else's gives nothing, not everything.
+        other = next(t.contract_number for t in all_transactions if t.contract_id not in scoped)
+        assert every_id(conn, TransactionFilters(contract_number=other), user_id=user_id) == []
+    finally:
+        conn.rollback()
+        conn.execute("DELETE FROM users")
+        conn.commit()
+
+
 def test_scope_restricts_to_the_users_contracts(conn, all_remises, all_transactions) -> None:
     user_id = conn.execute("INSERT INTO users (email, role) VALUES ('m@example.fr',"
                            " 'merchant') RETURNING id").fetchone()[0]
