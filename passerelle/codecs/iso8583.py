@@ -109,18 +109,7 @@ class Message:
         plan = layout.plans.get(numbers)
         if plan is None:
             plan = layout.plan(numbers)
-        data, anchors = self._data, self._anchors
-        out: list[Value] = []
-        append = out.append
-        for entry in plan:
-            if entry is None:
-                append(None)
-                continue
-            anchor, delta, fixed, prefix_size, convert = entry
-            start = anchors[anchor] + delta
-            append(convert(data, start, start + prefix_size,
-                           start + fixed if fixed else anchors[anchor + 1]))
-        return out
+        return layout.pick(self._data, self._anchors, plan, len(numbers))
 
     def __getitem__(self, number: int) -> Value:
         if number not in self._layout.where:

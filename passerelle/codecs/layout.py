@@ -83,11 +83,51 @@ class Layout:
         self.plans: dict[tuple[int, ...], tuple[Any, ...]] = {}
 
     def plan(self, numbers: tuple[int, ...]) -> tuple[Any, ...]:
-        """For `Message.pick`: each wanted field's entry, None where this bitmap lacks it."""
-        plan = tuple(self.where.get(number) for number in numbers)
+        """For `Message.pick`: the runs (see `convert_all`) that hold a wanted field, each
+        with where its wanted fields go in the answer; absent fields stay None."""
+        slots: dict[int, list[int]] = {}
+        for index, number in enumerate(numbers):
+            slots.setdefault(number, []).append(index)
+        steps: list[tuple[Any, ...]] = []
+        for run in self.runs:
+            if run[0] == _SINGLE:
+                _, anchor, delta, fixed, prefix_size, number, convert, _ = run
+                steps.extend((_SINGLE, index, anchor, delta, fixed, prefix_size, convert)
+                             for index in slots.get(number, ()))
+                continue
+            kind, anchor, delta, size, cuts, singles, extra = run
+            wanted = tuple((index, begin, stop) for number, begin, stop in cuts
+                           for index in slots.get(number, ()))
+            if wanted:  # the fallback converts the wanted fields one by one
+                one_by_one = tuple((index, single[0], single[5]) for single in singles
+                                   for index in slots.get(single[0], ()))
+                steps.append((kind, anchor, delta, size, wanted, one_by_one, extra))
+        plan = tuple(steps)
         if len(self.plans) < 64:  # a dialogue asks for a handful of field sets
             self.plans[numbers] = plan
         return plan
+
+    def pick(self, data: bytes, anchors: list[int], plan: tuple[Any, ...],
+             size: int) -> list[Any]:
+        """`Message.pick`'s work: `plan`'s fields converted, one conversion per run."""
+        out: list[Any] = [None] * size
+        for step in plan:
+            if step[0] == _SINGLE:
+                _, index, anchor, delta, fixed, prefix_size, convert = step
+                start = anchors[anchor] + delta
+                out[index] = convert(data, start, start + prefix_size,
+                                     start + fixed if fixed else anchors[anchor + 1])
+                continue
+            kind, anchor, delta, size_, wanted, one_by_one, extra = step
+            start = anchors[anchor] + delta
+            text = _run_text(kind, data[start : start + size_], extra)
+            if text is None:  # the culprit, if wanted, raises its precise CodecError
+                for index, number, convert in one_by_one:
+                    out[index] = self._one(data, anchors, number, convert)
+                continue
+            for index, begin, stop in wanted:
+                out[index] = text[begin:stop]
+        return out
 
     def walk(self, data: bytes) -> list[int] | None:
         """Anchors of `data` under this layout, or None if anything is off (the caller then
@@ -154,24 +194,8 @@ class Layout:
                 continue
             kind, anchor, delta, size, cuts, singles, extra = run
             start = anchors[anchor] + delta
-            chunk = data[start : start + size]
-            if kind == _BCD_RUN:
-                text = chunk.hex()
-                valid = text.isdigit()
-                for pad in extra:  # odd-length fields: their pad nibble must be 0
-                    if text[pad] != "0":
-                        valid = False
-            else:
-                encoding, numeric = extra
-                try:
-                    text = chunk.decode(encoding)
-                    valid = True
-                    for b, e in numeric:
-                        if not (text[b:e].isascii() and text[b:e].isdigit()):
-                            valid = False
-                except UnicodeDecodeError:
-                    valid = False
-            if not valid:  # convert one by one: the culprit raises its precise CodecError
+            text = _run_text(kind, data[start : start + size], extra)
+            if text is None:  # convert one by one: the culprit raises its precise CodecError
                 for number, *_, convert, _ in singles:
                     out[number] = self._one(data, anchors, number, convert)
                 continue
@@ -198,6 +222,28 @@ class Layout:
 
 
 _SINGLE, _BCD_RUN, _TEXT_RUN = 0, 1, 2
+
+
+def _run_text(kind: int, chunk: bytes, extra: Any) -> str | None:
+    """A run of fixed fields as one text (BCD digits, or decoded text), None when any of
+    its fields is not valid (the caller then converts them one by one)."""
+    if kind == _BCD_RUN:
+        text = chunk.hex()
+        if not text.isdigit():
+            return None
+        for pad in extra:  # odd-length fields: their pad nibble must be 0
+            if text[pad] != "0":
+                return None
+        return text
+    encoding, numeric = extra
+    try:
+        text = chunk.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+    for b, e in numeric:
+        if not (text[b:e].isascii() and text[b:e].isdigit()):
+            return None
+    return text
 
 
 def _run_kind(spec: FieldSpec) -> int:
