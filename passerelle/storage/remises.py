@@ -488,10 +488,11 @@ class RemiseWriter:
         self.pool = pool
 
     async def store(self, remise: Remise, *, spooled: bool = False,
-                    validated: bool = False) -> StoreOutcome:
+                    validated: bool = False, logged: bool = False) -> StoreOutcome:
         """Store `remise` once; return after COMMIT. `spooled` marks a replayed remise;
         `validated`: the caller has just run `validate(remise)` (RemiseSink), so it is not
-        run twice.
+        run twice; `logged`: the caller logs the outcome at info level, so a stored remise
+        is logged here at debug level only.
 
         Raises `InvalidRemise` or `UnknownReference` for a remise that can never be stored,
         `DatabaseUnavailable` when PostgreSQL is away (the caller spools and retries).
@@ -501,7 +502,7 @@ class RemiseWriter:
         what = f"storing remise {remise.remise_number} of {remise.terminal_serial!r}"
         with translate_errors(what):
             try:
-                return await self._store_once(remise, spooled)
+                return await self._store_once(remise, spooled, logged)
             except PoolTimeout:
                 raise  # no connection at all: the database is away
             except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -509,9 +510,9 @@ class RemiseWriter:
                 # use: sort out the idle ones at once and, storing being idempotent, try
                 # once more. (No check on every checkout: it costs a round trip per remise.)
                 await self.pool.check()
-                return await self._store_once(remise, spooled)
+                return await self._store_once(remise, spooled, logged)
 
-    async def _store_once(self, remise: Remise, spooled: bool) -> StoreOutcome:
+    async def _store_once(self, remise: Remise, spooled: bool, logged: bool) -> StoreOutcome:
         computed = compute_totals(remise.transactions)
         status = remise_status(remise.declared, computed, remise.currency)
         is_correct = status == STATUS_CORRECT
@@ -559,9 +560,12 @@ class RemiseWriter:
                 )
                 async with conn.cursor().copy(COPY_TRANSACTIONS) as copy:
                     await copy.write(payload)  # one buffer: the remise's rows, encoded
-        log.info("storage.remise_stored", terminal=key[0], contract=key[1],
-                 application=key[2], remise=key[3], remise_id=remise_id,
-                 transactions=len(remise.transactions), status=status, spooled=spooled)
+        # One line per remise on the hot path: the caller that logs the outcome (the
+        # dialogue, through RemiseSink) says so with `logged`, and this one is debug.
+        (log.debug if logged else log.info)(
+            "storage.remise_stored", terminal=key[0], contract=key[1], application=key[2],
+            remise=key[3], remise_id=remise_id, transactions=len(remise.transactions),
+            status=status, spooled=spooled)
         return StoreOutcome(remise_id, True, status, is_correct, len(remise.transactions))
 
     @staticmethod

@@ -295,11 +295,13 @@ class RemiseSink:
 
     async def store(self, remise: Remise) -> StoreOutcome | None:
         """The writer's `StoreOutcome` (for a repeat: what was stored first, its status
-        included), or None when the remise went to the spool (see `outcome_name`)."""
+        included), or None when the remise went to the spool (see `outcome_name`). The
+        caller logs the outcome (the writer logs a stored remise at debug level only)."""
         validate(remise)  # a bad remise is refused now, not discovered at replay
         if time.monotonic() >= self._down_until:
             try:
-                return await self.writer.store(remise, validated=True)  # validated above
+                # validated above; the dialogue logs what this returns
+                return await self.writer.store(remise, validated=True, logged=True)
             except DatabaseUnavailable as exc:
                 self._down_until = time.monotonic() + self.retry_after_s
                 log.warning("spool.database_unavailable", error=str(exc))

@@ -330,8 +330,12 @@ def _local_time_of(hms: str | None, mmdd: str | None, now: datetime) -> datetime
     local_now = _paris_wall_clock(now)
     limit = local_now + _DAY
     try:
-        month, day = int(mmdd[:2]), int(mmdd[2:])
-        hour, minute, second = int(hms[:2]), int(hms[2:4]), int(hms[4:])
+        digits = mmdd + hms
+        if len(mmdd) != 4 or len(hms) != 6 or not digits.isdigit():
+            raise ValueError(digits)
+        value = int(digits)  # MMDDhhmmss: one int() and arithmetic, not five slices
+        month, day = value // 100_000_000, value // 1_000_000 % 100
+        hour, minute, second = value // 10_000 % 100, value // 100 % 100, value % 100
         for year in (local_now.year, local_now.year - 1):
             at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)  # wall clock
             if at <= limit:
