@@ -83,6 +83,7 @@ from tests.integration.telecollecte_helpers import (  # noqa: E402
 
 TARGET_RATIO_TO_COPY = 0.6
 WINDOW = 32
+SESSION_TIMEOUT = 600.0
 
 
 @dataclass
@@ -161,47 +162,49 @@ class _Terminal(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    async def ipdu(self, timeout: float) -> bytes:
+    async def ipdu(self) -> bytes:
         while not self._ipdus:
             if self._lost is not None:
                 raise self._lost
             self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.wait_for(self._waiter, timeout)
+            await self._waiter
         return self._ipdus.popleft()
 
-    async def answer(self, timeout: float) -> bytes:
+    async def answer(self) -> bytes:
         """The next CB2A answer (the APDU of a DE); an AB or anything else ends the run."""
-        ipdu = cbcom.decode(await self.ipdu(timeout))
+        ipdu = cbcom.decode(await self.ipdu())
         if ipdu.pgi != cbcom.DE:
             raise SystemExit(f"switchd sent a CBCOM {ipdu.name} where a DE was expected")
         return ipdu.apdu
 
 
 async def _terminal(port: int, script: Script, per_message: bool) -> int:
-    """Play one session; the number of transactions acknowledged by 0516 = 00."""
+    """Play one session; the number of transactions acknowledged by 0516 = 00. One time
+    limit for the whole session, not a timer per answer."""
     acknowledged = 0
     _, tpe = await asyncio.get_running_loop().create_connection(
         _Terminal, "127.0.0.1", port)
     try:
-        tpe.write(_CONNECT_FRAME)
-        if (await tpe.ipdu(60))[0] != cbcom.AC:
-            raise SystemExit("switchd did not accept the CBCOM connection")
-        tpe.write(script.sign_on)
-        await tpe.answer(60)
-        for header, windows, end in script.files:
-            tpe.write(header)
-            await tpe.answer(60)
-            for window in windows:
-                if per_message:
-                    for frame in window:
-                        tpe.write(frame)
-                else:
-                    tpe.write(b"".join(window))
-                await tpe.answer(60)  # the 0256 of the window
-            tpe.write(end)
-            if answer_code(await tpe.answer(60))[1] == "00":
-                acknowledged += sum(len(window) for window in windows)
-        tpe.write(_END_FRAME)
+        async with asyncio.timeout(SESSION_TIMEOUT):
+            tpe.write(_CONNECT_FRAME)
+            if (await tpe.ipdu())[0] != cbcom.AC:
+                raise SystemExit("switchd did not accept the CBCOM connection")
+            tpe.write(script.sign_on)
+            await tpe.answer()
+            for header, windows, end in script.files:
+                tpe.write(header)
+                await tpe.answer()
+                for window in windows:
+                    if per_message:
+                        for frame in window:
+                            tpe.write(frame)
+                    else:
+                        tpe.write(b"".join(window))
+                    await tpe.answer()  # the 0256 of the window
+                tpe.write(end)
+                if answer_code(await tpe.answer())[1] == "00":
+                    acknowledged += sum(len(window) for window in windows)
+            tpe.write(_END_FRAME)
     finally:
         assert tpe.transport is not None
         tpe.transport.close()
