@@ -13,7 +13,7 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Any
 
-from passerelle.routing.deadlines import Deadlines
+from passerelle.routing.deadlines import Cancellable, Deadlines
 from passerelle.routing.errors import LinkBusy, LinkDown, LinkTimeout, RoutingError
 
 Key = tuple[str, str, str, str]
@@ -116,8 +116,7 @@ class Mux:
         One shared deadline queue rather than a timer per request (`routing.deadlines`):
         this runs for every request and nearly every request is answered in time.
         """
-        timer = self._deadlines.add(asyncio.get_running_loop().time() + timeout, self._expire,
-                                    key, future, timeout)
+        timer = self.deadline(key, future, timeout)
         try:
             return await future
         except asyncio.CancelledError:
@@ -125,6 +124,12 @@ class Mux:
             raise
         finally:
             timer.cancel()
+
+    def deadline(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Cancellable:
+        """LinkTimeout into `future` after `timeout` unless the returned handle is cancelled
+        first (`wait` without its coroutine, for a caller that awaits `future` itself)."""
+        return self._deadlines.add(asyncio.get_running_loop().time() + timeout, self._expire,
+                                   key, future, timeout)
 
     def _expire(self, key: Key, future: asyncio.Future[Any], timeout: float) -> None:
         if self._pending.get(key) is future:

@@ -1,11 +1,18 @@
 """The authorization log: every online authorization, written in batches off the hot path.
 
 The dialogue calls `log()`, which only appends to a bounded in-memory queue. One task
-drains the queue in batches with COPY (one round trip per batch). When PostgreSQL is away
-the batch goes to the fsynced spool journal instead (one record per batch) and is replayed
-in order, one segment per transaction, when the database answers again. A full queue
-(the writer fell behind by `max_queue` records) sends the overflow to the spool rather
-than drop it or block the terminal. Rows hold the masked PAN and its keyed HMAC, never the PAN.
+drains the queue in batches with COPY (one round trip per batch). A record may come with
+its card number for the keyed PAN HMAC (`hasher`: the HSM, or the configured key): the
+digests of the records logged in one event-loop iteration are computed together, in one
+task, right after it (so with the key version current when the terminal was answered), and
+only then is the record queued: the terminal's answer never waits for them and the card
+number never reaches the database or the spool; a digest that cannot be had (HSM away)
+leaves the row without one. When
+PostgreSQL is away the batch goes to the fsynced spool journal instead (one record per
+batch) and is replayed in order, one segment per transaction, when the database answers
+again. A full queue (the writer fell behind by `max_queue` records) sends the overflow to
+the spool rather than drop it or block the terminal. Rows hold the masked PAN and its keyed
+HMAC, never the PAN.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import msgspec
@@ -102,6 +109,8 @@ async def find_approval(pool: AsyncConnectionPool, terminal: str, stan: str, *,
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[AuthRecord])
+# PAN -> (digest, key version): the HSM's `pan_hmac`, or the configured key's.
+Hasher = Callable[[str], Awaitable[tuple[bytes, int]]]
 
 
 class AuthLogWriter:
@@ -110,7 +119,8 @@ class AuthLogWriter:
     def __init__(self, pool: AsyncConnectionPool | None, spool: Spool | None, *,
                  max_queue: int = 10_000, batch: int = 500, flush_interval: float = 0.2,
                  replay_interval: float = 5.0,
-                 on_spooled: Callable[[int], None] | None = None) -> None:
+                 on_spooled: Callable[[int], None] | None = None,
+                 hasher: Hasher | None = None) -> None:
         self.pool = pool
         self.spool = spool
         self.max_queue = max_queue
@@ -118,8 +128,11 @@ class AuthLogWriter:
         self.flush_interval = flush_interval
         self.replay_interval = replay_interval
         self.on_spooled = on_spooled
+        self.hasher = hasher
         self._queue: deque[AuthRecord] = deque()
         self._overflow: list[AuthRecord] = []
+        self._unhashed: list[tuple[AuthRecord, str]] = []  # logged this loop iteration
+        self._hashing: set[asyncio.Task[None]] = set()
         self.dropped = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -130,12 +143,22 @@ class AuthLogWriter:
         self.written = 0
         self.spooled = 0
 
-    def log(self, record: AuthRecord) -> None:
-        """Queue one record; never waits for I/O.
+    def log(self, record: AuthRecord, pan: str | None = None) -> None:
+        """Queue one record; never waits for I/O. With `pan` (and a `hasher`), its
+        `pan_hmac` and key version are filled in first, in the background, batched.
 
         Past `max_queue` records the overflow is set aside for the spool (written by the
         writer task, off the loop); past twice that, records are counted as `dropped`.
         """
+        if pan is not None and self.hasher is not None:
+            if not self._unhashed:
+                asyncio.get_running_loop().call_soon(self._hash_batch)
+            self._unhashed.append((record, pan))
+            self._idle.clear()
+            return
+        self._queue_record(record)
+
+    def _queue_record(self, record: AuthRecord) -> None:
         if len(self._queue) >= self.max_queue:
             if len(self._overflow) >= self.max_queue:
                 self.dropped += 1
@@ -148,6 +171,29 @@ class AuthLogWriter:
         self._idle.clear()
         if len(self._queue) >= self.batch:
             self._wake.set()
+
+    def _hash_batch(self) -> None:
+        batch, self._unhashed = self._unhashed, []
+        task = asyncio.get_running_loop().create_task(self._hash(batch))
+        self._hashing.add(task)
+        task.add_done_callback(self._hashing.discard)
+
+    async def _hash(self, batch: list[tuple[AuthRecord, str]]) -> None:
+        """The batch's digests together, then its records queued (kept without a digest if
+        the hasher fails: the HSM away must not lose the rows)."""
+        assert self.hasher is not None
+        digests = await asyncio.gather(*(self.hasher(pan) for _, pan in batch),
+                                       return_exceptions=True)
+        failed: BaseException | None = None
+        for (record, _), found in zip(batch, digests, strict=True):
+            if isinstance(found, BaseException):
+                failed = found
+                self._queue_record(record)
+            else:
+                self._queue_record(msgspec.structs.replace(
+                    record, pan_hmac=found[0], pan_hmac_key_version=found[1]))
+        if failed is not None:
+            log.warning("authlog.pan_hmac_failed", error=type(failed).__name__)
 
     def start(self) -> None:
         if self._task is None:
@@ -183,7 +229,8 @@ class AuthLogWriter:
                 count = min(len(self._queue), self.batch)
                 rows = [self._queue.popleft() for _ in range(count)]
                 await self._store(rows)
-            self._idle.set()
+            if not self._unhashed and not self._hashing:  # else their rows are still to come
+                self._idle.set()
             if self.spool is not None and self.pool is not None and loop.time() >= next_replay:
                 next_replay = loop.time() + self.replay_interval
                 await self.replay()

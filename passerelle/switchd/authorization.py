@@ -60,7 +60,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import structlog
 
 from passerelle.codecs.iso8583 import CodecError, Message
@@ -391,44 +390,41 @@ class Authorizer:
                  acquirer=found.acquirer)
 
     def __call__(self, message: Message, context: Any) -> Any:
-        return self._labelled(message)
-
-    async def _labelled(self, message: Message) -> tuple[bytes, str]:
-        """(answer, response code): the dispatcher counts messages by the code we chose."""
-        state = _Attempt()
-        answer = await self._authorize(message, state)
-        return answer, state.code
+        """(answer, response code), awaitable: the dispatcher counts messages by the code
+        we chose."""
+        return self._authorize(message)
 
     async def authorize(self, message: Message) -> bytes:
         """The 0110 for `message`, always before the deadline."""
-        return await self._authorize(message, _Attempt())
+        return (await self._authorize(message))[0]
 
-    async def _authorize(self, message: Message, state: _Attempt) -> bytes:
+    async def _authorize(self, message: Message) -> tuple[bytes, str]:
         """`_decide` under the terminal's deadline.
 
         The deadline is an entry in one shared queue (`routing.deadlines`), not an
         `asyncio.timeout` per request: when it passes, the task is cancelled and the
         cancellation is turned into the 91 answer here, as `asyncio.timeout` would do.
         """
+        state = _Attempt()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget
         task = asyncio.current_task()
         if task is None:  # not in a task (never in switchd): a plain timeout
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self._decide(message, state, deadline)
+                    return await self._decide(message, state, deadline), state.code
             except TimeoutError:
-                return self._overdue_answer(message, state)
+                return self._overdue_answer(message, state), state.code
         cancelling = task.cancelling()
         timer = self._deadlines.add(deadline, _overdue, task, state)
         try:
-            return await self._decide(message, state, deadline)
+            return await self._decide(message, state, deadline), state.code
         except asyncio.CancelledError:
             if not state.overdue or task.uncancel() > cancelling:
                 raise  # cancelled by someone else (shutdown)
         finally:
             timer.cancel()
-        return self._overdue_answer(message, state)
+        return self._overdue_answer(message, state), state.code
 
     def _overdue_answer(self, message: Message, state: _Attempt) -> bytes:
         if state.wire is not None and state.acquirer is not None:
@@ -602,12 +598,7 @@ class Authorizer:
         if writer is None:
             return
         pan = state.pan
-        masked = digest = version = None
-        hashed = pan and pan.isdigit() and 12 <= len(pan) <= 19
-        if hashed:
-            masked = mask_pan(pan)
-            if self.s.hsm is None and self.s.pan_key is not None:
-                digest, version = pan_hmac(self.s.pan_key, pan)
+        hashed = pan.isdigit() and 12 <= len(pan) <= 19
         expiry = state.expiry if state.expiry and state.expiry.isdigit() and len(
             state.expiry) == 4 and "01" <= state.expiry[2:] <= "12" else None
         latency = int((time.monotonic() - state.started) * 1000)
@@ -621,25 +612,11 @@ class Authorizer:
             contract_number=state.contract or None, application=state.application,
             acquirer=acquirer or None, stan=stan, rrn=rrn, amount=state.amount,
             currency=state.currency if state.currency and 0 < state.currency < 1000 else None,
-            pan_masked=masked, pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
-            response_code=code, authorization_number=approval, stand_in=state.stand_in,
-            latency_ms=latency, acquirer_time=state.acquirer_time or None)
-        if hashed and self.s.hsm is not None:
-            task = asyncio.create_task(self._log_hashed(writer, record, pan))
-            self.s.background.add(task)
-            task.add_done_callback(self.s.background.discard)
-        else:
-            writer.log(record)
-
-    async def _log_hashed(self, writer: AuthLogWriter, record: AuthRecord, pan: str) -> None:
-        """The row with the HSM's PAN HMAC; kept without it if the HSM cannot answer."""
-        try:
-            found = await self.s.hsm.pan_hmac(pan)
-            record = msgspec.structs.replace(record, pan_hmac=found.digest,
-                                             pan_hmac_key_version=found.version)
-        except Exception as error:  # the HSM away must not lose the row
-            log.warning("auth.pan_hmac_failed", error=type(error).__name__)
-        writer.log(record)
+            pan_masked=mask_pan(pan) if hashed else None, pan_hmac=None,
+            pan_hmac_key_version=None, expiry=expiry, response_code=code,
+            authorization_number=approval, stand_in=state.stand_in, latency_ms=latency,
+            acquirer_time=state.acquirer_time or None)
+        writer.log(record, pan if hashed else None)  # the HMAC is the writer's, batched
 
 
 def _overdue(task: asyncio.Task[Any], state: _Attempt) -> None:
@@ -672,6 +649,25 @@ class _Attempt:
         self.code = ""
 
 
+def _pan_hasher(hsm: Any, pan_key: PanHmacKey | None) -> Any:
+    """The auth log's PAN HMAC: the HSM's (newest key version), else the configured key's;
+    None (rows without it) with neither."""
+    if hsm is not None:
+        async def by_hsm(pan: str) -> tuple[bytes, int]:
+            found = await hsm.pan_hmac(pan)
+            return found.digest, found.version
+
+        return by_hsm
+    if pan_key is not None:
+        key = pan_key
+
+        async def by_key(pan: str) -> tuple[bytes, int]:
+            return pan_hmac(key, pan)
+
+        return by_key
+    return None
+
+
 def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any = None,
                    pan_key: PanHmacKey | None = None, registry: Any = None,
                    spool: Any = None, routes_path: str | Path | None = None,
@@ -692,7 +688,8 @@ def build_services(settings: RoutingSettings, *, pool: Any = None, sealer: Any =
     a = settings.authlog
     authlog = AuthLogWriter(pool, spool, max_queue=a.queue, batch=a.batch,
                             flush_interval=a.flush_interval,
-                            on_spooled=metrics.authlog_spooled.inc) if (pool or spool) else None
+                            on_spooled=metrics.authlog_spooled.inc,
+                            hasher=_pan_hasher(hsm, pan_key)) if (pool or spool) else None
     saf = SafStore(pool, sealer) if pool is not None and sealer is not None else None
     return AuthServices(settings=settings, router=router, links=links,
                         directory=Directory(settings, pool), metrics=metrics,

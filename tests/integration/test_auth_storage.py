@@ -19,6 +19,7 @@ from passerelle.routing.settings import AcquirerSettings
 from passerelle.sim.acquirer import AcquirerSimulator
 from passerelle.storage.authlog import AuthLogWriter, AuthRecord
 from passerelle.storage.db import StorageSettings, open_pool
+from passerelle.storage.pan import PanHmacKey, pan_hmac
 from passerelle.storage.saf import AesGcmSealer, SafItem, SafStore
 from passerelle.storage.spool import Spool
 from tests.integration.auth_helpers import CB2A, auth_request
@@ -138,41 +139,57 @@ def test_a_message_sealed_under_another_key_waits_and_says_why(db_dsn: str) -> N
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
-def _record(n: int) -> AuthRecord:
+def _record(n: int, *, hashed: bool = True) -> AuthRecord:
+    """A row; `hashed=False`: its PAN HMAC is still to be computed by the writer."""
     return AuthRecord(
         at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n), mti="0100",
         terminal_serial="TPE00001", contract_number="1234567", application="CBEMV",
         acquirer="acq-a", stan=f"{n:06d}", rrn=None, amount=n, currency=978,
-        pan_masked="497010******1234", pan_hmac=b"h" * 32, pan_hmac_key_version=1,
-        expiry="3012", response_code="00", authorization_number="123456", stand_in=False,
-        latency_ms=3)
+        pan_masked="497010******7893", pan_hmac=b"h" * 32 if hashed else None,
+        pan_hmac_key_version=1 if hashed else None, expiry="3012", response_code="00",
+        authorization_number="123456", stand_in=False, latency_ms=3)
 
 
 def test_authorization_log_spools_while_the_database_is_away(db_dsn: str,
                                                                tmp_path: Path) -> None:
+    """Half the records come with their card number: the writer hashes them (batched, off
+    the answer's path) before they go anywhere, the spool included."""
+    pan = "4970101234567893"
+
+    async def hasher(card: str) -> tuple[bytes, int]:
+        return pan_hmac(PanHmacKey(version=3, key=b"k" * 32), card)
+
     async def scenario() -> None:
         with Spool(tmp_path / "spool") as spool:
             async with open_pool(DOWN_DSN, FAST) as down:
-                writer = AuthLogWriter(down, spool, batch=100, flush_interval=0.01)
+                writer = AuthLogWriter(down, spool, batch=100, flush_interval=0.01,
+                                       hasher=hasher)
                 writer.start()
                 for n in range(1, 451):
-                    writer.log(_record(n))
+                    writer.log(_record(n, hashed=n % 2 == 1), pan if n % 2 == 0 else None)
                 await writer.flush(timeout=20)
                 await writer.close()
                 assert writer.spooled == 450 and writer.written == 0
+            journal = b"".join(path.read_bytes() for path in spool.segments())
+            assert pan.encode() not in journal
             async with open_pool(db_dsn) as pool:
-                writer = AuthLogWriter(pool, spool, batch=100, flush_interval=0.01)
+                writer = AuthLogWriter(pool, spool, batch=100, flush_interval=0.01,
+                                       hasher=hasher)
                 writer.start()
                 for n in range(451, 501):
-                    writer.log(_record(n))
+                    writer.log(_record(n, hashed=n % 2 == 1), pan if n % 2 == 0 else None)
                 await writer.flush()
                 await writer.replay()  # at once (the writer also replays on its own)
                 await writer.close()
             assert spool.pending_records() == 0
+        digest, _ = await hasher(pan)
         with psycopg.connect(db_dsn) as conn:
-            amounts = [a for (a,) in conn.execute(
-                "SELECT amount FROM authorizations ORDER BY at").fetchall()]
-        assert amounts == list(range(1, 501))
+            rows = conn.execute("SELECT amount, pan_hmac, pan_hmac_key_version"
+                                " FROM authorizations ORDER BY at").fetchall()
+        assert [amount for amount, _, _ in rows] == list(range(1, 501))
+        for amount, stored, version in rows:
+            expected = (digest, 3) if amount % 2 == 0 else (b"h" * 32, 1)
+            assert (bytes(stored), version) == expected
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
