@@ -53,6 +53,7 @@ from psycopg.conninfo import make_conninfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import echo  # noqa: E402 - benchmarks/echo.py: the mypyc build of switchd (--compiled)
 import ingest  # noqa: E402 - benchmarks/ingest.py: the shared COPY/INSERT baselines
 
 from passerelle.codecs import cbcom  # noqa: E402
@@ -288,8 +289,27 @@ def _node_settings(dsn: str, workdir: Path, workers: int) -> dict[str, Any]:
     return settings
 
 
+def _start(settings: dict[str, Any], node_dir: Path, compiled: Path | None) -> SwitchdProcess:
+    """switchd, from `compiled` (a scratch copy with setup.py's mypyc build) when given:
+    its `-c` entry point puts the working directory first on sys.path."""
+    if compiled is None:
+        return SwitchdProcess(settings, node_dir, ready_timeout=60).start()
+    here = Path.cwd()
+    os.chdir(compiled)
+    try:
+        process = SwitchdProcess(settings, node_dir, env={"PYTHONPATH": str(compiled)},
+                                 ready_timeout=60).start()
+    finally:
+        os.chdir(here)
+    if "__mypyc" not in Path(f"/proc/{process.pid}/maps").read_text():
+        process.stop()
+        raise SystemExit("the compiled switchd did not load the mypyc build")
+    return process
+
+
 def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
-         rounds: int, workers: int, nodes: int, per_message: bool) -> dict[str, object]:
+         rounds: int, workers: int, nodes: int, per_message: bool,
+         compiled: Path | None) -> dict[str, object]:
     # Each node its own state directory (spool); together as many connections as baselines.
     node_dirs = [workdir / f"node{n}" for n in range(nodes)]
     for node_dir in node_dirs:
@@ -311,7 +331,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         gateways: list[SwitchdProcess] = []
         try:
             for node_settings, node_dir in zip(settings, node_dirs, strict=True):
-                gateways.append(SwitchdProcess(node_settings, node_dir, ready_timeout=60).start())
+                gateways.append(_start(node_settings, node_dir, compiled))
             processes = [psutil.Process(g.proc.pid) for g in gateways if g.proc is not None]
             cpu_before = _cpu(processes)
             backends_before = _backend_cpu(dsn, {})
@@ -353,6 +373,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         "path": "terminals -> CBCOM/TCP -> switchd (child process, with [storage]) -> "
                 "dialogue -> RemiseSink -> RemiseWriter (COPY, one transaction per remise)",
         "switchd_nodes": nodes,
+        "switchd_build": "mypyc (setup.py's compiled modules)" if compiled else "pure Python",
         "terminals": terminals,
         "files_per_terminal": files,
         "transactions_per_file": f"{per_file // 2}..{per_file * 3 // 2}",
@@ -396,6 +417,9 @@ def main() -> int:
     parser.add_argument("--write-per-message", action="store_true",
                         help="terminals write each message on its own (default: a window "
                         "of messages in one write, as a terminal's send buffer would)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="run switchd from setup.py's mypyc build (needs mypy; built into "
+                        "a scratch copy, as benchmarks/echo.py --compiled)")
     parser.add_argument("--workers", type=int, default=8,
                         help="pool size of switchd, and COPY/INSERT workers of the baselines")
     args = parser.parse_args()
@@ -416,7 +440,9 @@ def main() -> int:
         setup_fleet(dsn, terminals=terminals)
         figures = _run(dsn, workdir, terminals=terminals, files=files, per_file=per_file,
                        rounds=rounds, workers=args.workers, nodes=args.nodes,
-                       per_message=args.write_per_message)
+                       per_message=args.write_per_message,
+                       compiled=echo.build_compiled(workdir / "compiled") if args.compiled
+                       else None)
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
             admin.execute(
