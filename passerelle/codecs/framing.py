@@ -23,6 +23,9 @@ one ``except``.
 
 from __future__ import annotations
 
+import struct
+from typing import Final
+
 __all__ = [
     "FramingError",
     "LengthPrefixFramer",
@@ -32,6 +35,11 @@ __all__ = [
     "frame4",
     "iso_framer",
 ]
+
+_UNPACK_U32: Final = struct.Struct(">I").unpack_from
+_UNPACK_U16: Final = struct.Struct(">H").unpack_from
+_PACK_U32: Final = struct.Struct(">I").pack
+_PACK_U16: Final = struct.Struct(">H").pack
 
 #: Largest frame accepted by default: well above any CB2A message or télécollecte block.
 DEFAULT_MAX_FRAME = 64 * 1024
@@ -75,8 +83,9 @@ class LengthPrefixFramer:
         hs = self.header_size
         if not buf and data.__class__ is bytes and len(data) > hs:
             # The usual chunk: exactly one whole frame, nothing buffered. No copy into
-            # the buffer and out again.
-            length = int.from_bytes(data[:hs], "big")
+            # the buffer and out again. (A precompiled struct reads the length in one C
+            # call; int.from_bytes on a slice costs a few times as much.)
+            length = (_UNPACK_U32 if hs == 4 else _UNPACK_U16)(data)[0]
             if length == len(data) - hs and length <= self.max_frame:
                 return [data[hs:]]
         buf += data
@@ -122,7 +131,7 @@ def frame4(payload: bytes | bytearray | memoryview) -> bytes:
     n = len(payload)
     if n > 0xFFFFFFFF:
         raise FramingError(f"payload of {n} bytes does not fit a 4-byte length")
-    return n.to_bytes(4, "big") + bytes(payload)
+    return _PACK_U32(n) + payload
 
 
 def frame2(payload: bytes | bytearray | memoryview) -> bytes:
@@ -130,4 +139,4 @@ def frame2(payload: bytes | bytearray | memoryview) -> bytes:
     n = len(payload)
     if n > 0xFFFF:
         raise FramingError(f"payload of {n} bytes does not fit a 2-byte length")
-    return n.to_bytes(2, "big") + bytes(payload)
+    return _PACK_U16(n) + payload

@@ -75,6 +75,9 @@ class State(enum.Enum):
     CLOSED = "closed"  # AB sent or received: close the connection
 
 
+_NEVER = float("inf")  # the deadline when no timer runs
+
+
 class SessionStateError(RuntimeError):
     """A method was called in a state where it makes no sense (a bug in the caller)."""
 
@@ -138,15 +141,18 @@ class CbcomSession:
     """One CBCOM pseudo-session (see the module docstring)."""
 
     __slots__ = (
-        "_deadline",
         "_deadline_code",
+        "_encode",
+        "_framed",
         "_framer",
         "_out",
         "_pending",
         "_serving",
         "config",
+        "deadline",
         "protocol",
         "role",
+        "sent",
         "state",
         "tma",
         "tnr",
@@ -154,11 +160,21 @@ class CbcomSession:
     )
 
     def __init__(
-        self, role: Role = Role.SERVER, config: CbcomConfig | None = None, *, now: float
+        self,
+        role: Role = Role.SERVER,
+        config: CbcomConfig | None = None,
+        *,
+        now: float,
+        framed: bool = False,
     ) -> None:
         self.role = role
         self.config = cfg = config or CbcomConfig()
+        # framed (stream mode, for a caller that only uses data_to_send): IPDUs are queued
+        # behind their 4-byte length as they are encoded, a DE in one piece.
+        self._framed = framed
+        self._encode = cbcom.framed_data if framed else cbcom.encode_data
         self._out: list[bytes] = []
+        self.sent = 0  # IPDUs queued so far (for the caller's metrics)
         self._framer: LengthPrefixFramer | None = None  # made on the first receive_data()
         self._pending = 0  # DEs received (server) or sent (client) and not yet answered
         self.protocol: ProtocolId | None = None
@@ -168,11 +184,13 @@ class CbcomSession:
         self.tma: int | None = None
         if role is Role.SERVER:
             self.state = State.WAIT_CN
-            self._deadline: float | None = now + cfg.cn_timeout
+            # When `tick` has something to do; infinity when no timer runs. Read-only for
+            # the caller (the stack reads it on every message: an attribute, not a call).
+            self.deadline = now + cfg.cn_timeout
             self._deadline_code = cbcom.CODE_TSI_EXPIRED
         else:
             self.state = State.IDLE
-            self._deadline = None
+            self.deadline = _NEVER
             self._deadline_code = cbcom.CODE_TNR_EXPIRED
 
     # --- Output --------------------------------------------------------------------------
@@ -180,27 +198,35 @@ class CbcomSession:
     def ipdus_to_send(self) -> list[bytes]:
         """The IPDUs queued since the last call, unframed (for X.25)."""
         out, self._out = self._out, []
+        if self._framed:
+            return [ipdu[4:] for ipdu in out]
         return out
 
     def data_to_send(self) -> bytes:
         """The IPDUs queued since the last call, each behind its 4-byte length (TCP/TLS)."""
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out, self._out = self._out, []
-        return b"".join(frame4(ipdu) for ipdu in out)
+        self._out = []
+        if self._framed:
+            return out[0] if len(out) == 1 else b"".join(out)
+        return b"".join([frame4(ipdu) for ipdu in out])
 
     def _send(self, ipdu: Ipdu) -> None:
-        self._out.append(ipdu.encode())
+        raw = ipdu.encode()
+        self._out.append(frame4(raw) if self._framed else raw)
+        self.sent += 1
 
     # --- Timers --------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do (None: no timer running)."""
-        return self._deadline
+        deadline = self.deadline
+        return None if deadline == _NEVER else deadline
 
     def tick(self, now: float) -> list[Event]:
         """Fire the running timer if it expired: AB with its code, then :class:`Aborted`."""
-        if self._deadline is None or now < self._deadline or self.state is State.CLOSED:
+        if now < self.deadline or self.state is State.CLOSED:
             return []
         code = self._deadline_code
         reason = {
@@ -215,14 +241,14 @@ class CbcomSession:
     def _idle_timer(self, now: float) -> None:
         if self.role is Role.SERVER:
             if self._pending:
-                self._deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
+                self.deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
             else:
-                self._deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
+                self.deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
         elif self._pending:
-            self._deadline = now + (self.tnr or self.config.tnr)
+            self.deadline = now + (self.tnr or self.config.tnr)
             self._deadline_code = cbcom.CODE_TNR_EXPIRED
         else:
-            self._deadline = None
+            self.deadline = _NEVER
 
     # --- Actions -------------------------------------------------------------------------
 
@@ -242,7 +268,7 @@ class CbcomSession:
         self.protocol = protocol
         self.tnr = tnr
         self.state = State.CONNECTING
-        self._deadline = now + (tnr or self.config.tnr)
+        self.deadline = now + (tnr or self.config.tnr)
         self._deadline_code = cbcom.CODE_TNR_EXPIRED
 
     def send_message(self, apdu: bytes | bytearray | memoryview, now: float) -> None:
@@ -250,27 +276,29 @@ class CbcomSession:
         is unsolicited if none is pending. Client: a request, timed by TNR.
         Dropped silently once the session is closed; an error before it is open."""
         if self._serving:  # the usual case, inlined: an answer to a DE, then TGR or TSI
+            self.sent += 1
             if self._pending:
-                self._out.append(cbcom.encode_data(apdu, response=True))
+                self._out.append(self._encode(apdu, response=True))
                 self._pending -= 1
             else:
-                self._out.append(cbcom.encode_data(apdu))
+                self._out.append(self._encode(apdu))
             if self._pending:
-                self._deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
+                self.deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
             else:
-                self._deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
+                self.deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
             return
         if self.state is State.CLOSED:
             return
         if self.state is not State.CONNECTED:
             raise SessionStateError(f"send_message() in state {self.state.value}")
+        self.sent += 1
         if self.role is Role.SERVER:
             response = self._pending > 0
-            self._out.append(cbcom.encode_data(apdu, response=response))
+            self._out.append(self._encode(apdu, response=response))
             if response:
                 self._pending -= 1
         else:
-            self._out.append(cbcom.encode_data(apdu))
+            self._out.append(self._encode(apdu))
             self._pending += 1
         self._idle_timer(now)
 
@@ -283,9 +311,9 @@ class CbcomSession:
         if self._pending:
             self._pending -= 1
         if self._pending:
-            self._deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
+            self.deadline, self._deadline_code = now + self.config.tgr, cbcom.CODE_TGR_EXPIRED
         else:
-            self._deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
+            self.deadline, self._deadline_code = now + self.tsi, cbcom.CODE_TSI_EXPIRED
 
     def abort(self, code: int = cbcom.CODE_NORMAL_END, reason: str = "") -> list[Event]:
         """Send AB with ``code`` (0x80: normal end) and close; returns [Aborted]."""
@@ -300,7 +328,7 @@ class CbcomSession:
     def _close(self, code: int | None, by_peer: bool, reason: str) -> list[Event]:
         self.state = State.CLOSED
         self._serving = False
-        self._deadline = None
+        self.deadline = _NEVER
         self._pending = 0
         return [Aborted(code, by_peer, reason)]
 
@@ -333,7 +361,21 @@ class CbcomSession:
         if apdu is not None:
             self._pending += 1
             if self._pending == 1:
-                self._deadline = now + self.config.tgr  # TGR from the oldest unanswered DE
+                self.deadline = now + self.config.tgr  # TGR from the oldest unanswered DE
+                self._deadline_code = cbcom.CODE_TGR_EXPIRED
+        return apdu
+
+    def receive_framed_apdu(self, data: bytes, now: float) -> bytes | None:
+        """Stream mode, the fast path of the fast path: when `data` is exactly one frame
+        (4-byte length) holding such a DE, its APDU, as `receive_data_apdu` of the frame
+        would return it. Otherwise None, having done nothing: the caller frames `data`."""
+        if not self._serving:
+            return None
+        apdu = cbcom.framed_data_apdu(data, self.config.max_frame)
+        if apdu is not None:
+            self._pending += 1
+            if self._pending == 1:
+                self.deadline = now + self.config.tgr  # TGR from the oldest unanswered DE
                 self._deadline_code = cbcom.CODE_TGR_EXPIRED
         return apdu
 

@@ -96,12 +96,17 @@ class Connection(asyncio.Protocol):
             self.log.exception("conn.internal_error")
             self.abort("internal error")
             return
-        self._refresh_deadline()
+        self.refresh_deadline()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         try:
+            if self._proxy_buf is None and self.tls is None:
+                # The usual case: plain TCP, the stack up (or closed, above). The stack
+                # keeps `deadline` a lower bound of its own (see stacks.py): no refresh.
+                self.stack.receive(data)  # type: ignore[union-attr]
+                return
             if self._proxy_buf is not None:
                 data = self._read_proxy_header(data)
             if data and self.tls is not None:
@@ -120,7 +125,7 @@ class Connection(asyncio.Protocol):
             self.log.exception("conn.internal_error")
             self.abort("internal error")
             return
-        self._refresh_deadline()
+        self.refresh_deadline()
 
     def eof_received(self) -> bool | None:
         self.reason = "peer closed"
@@ -188,12 +193,34 @@ class Connection(asyncio.Protocol):
         self.transport.abort()
 
     def deliver(self, payload: bytes) -> None:
-        """A whole CB2A / ISO 8583 message from the terminal: to the dispatcher, in order."""
+        """A whole CB2A / ISO 8583 message from the terminal: to the dispatcher, in order.
+
+        A synchronous answer goes down the stack at once; an awaitable one runs as this
+        connection's one dialogue in flight, and the messages after it wait in the queue."""
         if self._inflight is not None:
             self._queue.append(payload)
             self._update_reading()
             return
-        self._dispatch(payload)
+        context = self.context
+        try:
+            answer = self._handle(payload, context)  # type: ignore[arg-type]
+        except Exception:
+            self.listener.daemon.metrics.error("dialogue", "internal")
+            self.log.exception("dialogue.failed")
+            return
+        if answer.__class__ is bytes:
+            self.stack.answer(answer)  # type: ignore[union-attr]
+        elif answer is None:
+            self.stack.no_answer()  # type: ignore[union-attr]
+        elif isinstance(answer, bytes):
+            self.stack.answer(answer)  # type: ignore[union-attr]
+        else:
+            self._start_dialogue(answer)
+            return
+        if context.abort_code is not None:  # type: ignore[union-attr]
+            self._abort_session()
+        elif self.closing:
+            self.drain()
 
     @property
     def idle(self) -> bool:
@@ -231,7 +258,7 @@ class Connection(asyncio.Protocol):
             self.log.exception("conn.internal_error")
             self.abort("internal error")
             return
-        self._refresh_deadline()
+        self.refresh_deadline()
 
     def drain(self) -> None:
         """switchd is stopping: end the session politely once no dialogue is in flight."""
@@ -293,47 +320,35 @@ class Connection(asyncio.Protocol):
             self._start_stack()
         return plain
 
-    def _dispatch(self, payload: bytes) -> None:
-        assert self.context is not None and self.stack is not None
-        try:
-            answer = self._handle(payload, self.context)
-        except Exception:
-            self.listener.daemon.metrics.error("dialogue", "internal")
-            self.log.exception("dialogue.failed")
-            return
-        if answer is None:
-            self.stack.no_answer()
-            if self.context.abort_code is not None:
-                self._abort_session()
-            elif self.closing:
-                self.drain()
-            return
-        if isinstance(answer, bytes):
-            self.stack.answer(answer)
-            if self.context.abort_code is not None:
-                self._abort_session()
-            elif self.closing:
-                self.drain()
-            return
-        self._inflight = asyncio.ensure_future(_as_coroutine(answer))
-        self.listener.daemon.inflight.add(self._inflight)
-        self._inflight.add_done_callback(self._dialogue_done)
+    def _start_dialogue(self, pending: Awaitable[Any]) -> None:
+        task = self.listener.daemon.loop.create_task(self._dialogue(pending))
+        self._inflight = task
+        self.listener.daemon.inflight.add(task)
 
-    def _dialogue_done(self, future: asyncio.Future[Any]) -> None:
-        self.listener.daemon.inflight.discard(future)
-        self._inflight = None
+    async def _dialogue(self, pending: Awaitable[Any]) -> None:
+        """A slow dialogue's task: its answer goes down the stack as soon as it is there,
+        in the same step (no done callback, one loop iteration later), then the queue."""
         answer = None
         failed = True
-        if future.cancelled():
-            self.log.warning("dialogue.cancelled")
-        elif future.exception() is not None:
-            self.listener.daemon.metrics.error("dialogue", "internal")
-            self.log.error("dialogue.failed", exc_info=future.exception())
-        else:
-            answer = future.result()
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            answer = await pending
             failed = False
-        if self.closed or self.stack is None:
-            return
+        except asyncio.CancelledError as error:
+            self.log.warning("dialogue.cancelled")
+            cancelled = error
+        except Exception as error:
+            self.listener.daemon.metrics.error("dialogue", "internal")
+            self.log.error("dialogue.failed", exc_info=error)
+        self.listener.daemon.inflight.discard(self._inflight)  # type: ignore[arg-type]
+        self._inflight = None
+        if not (self.closed or self.stack is None):
+            self._after_dialogue(answer, failed)
+        if cancelled is not None:
+            raise cancelled
+
+    def _after_dialogue(self, answer: bytes | None, failed: bool) -> None:
+        assert self.stack is not None
         try:
             if answer is not None:
                 self.stack.answer(answer)
@@ -343,14 +358,14 @@ class Connection(asyncio.Protocol):
                 self._abort_session()
                 return
             while self._queue and self._inflight is None and not self.closed:
-                self._dispatch(self._queue.popleft())
+                self.deliver(self._queue.popleft())
         except Exception:
             self.listener.daemon.metrics.error("switchd", "internal")
             self.log.exception("conn.internal_error")
             self.abort("internal error")
             return
         self._update_reading()
-        self._refresh_deadline()
+        self.refresh_deadline()
         if self.closing:
             self.drain()
 
@@ -363,7 +378,7 @@ class Connection(asyncio.Protocol):
         self.log.info("dialogue.abort", code=f"0x{code:02X}")
         self.stack.abort(code)
         self._update_reading()
-        self._refresh_deadline()
+        self.refresh_deadline()
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
@@ -376,16 +391,13 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.resume_reading()
 
-    def _refresh_deadline(self) -> None:
+    def refresh_deadline(self) -> None:
+        """Set `deadline` to exactly the earliest of our timers (the sweep's lower bound)."""
         if self.closed:
             return  # close() set the grace deadline
         stack_deadline = self.stack.deadline() if self.stack is not None else math.inf
         handshake = self.handshake_deadline
         self.deadline = handshake if handshake < stack_deadline else stack_deadline
-
-
-async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def _layer_of(error: Exception) -> str:

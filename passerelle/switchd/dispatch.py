@@ -38,6 +38,8 @@ from passerelle.codecs.iso8583 import CodecError, Message
 from passerelle.codecs.profiles import get_profile
 from passerelle.switchd.metrics import Metrics
 
+_parse = Message.parse  # the per-message path: a global, not a class attribute lookup
+
 Answer = bytes | None
 # A handler may also return (answer, result): `result` (the response code it chose) labels
 # the messages metric without parsing the answer again.
@@ -137,23 +139,20 @@ _ECHO_ANSWERS = {"0800": "0810", "0804": "0814", "1800": "1810", "1804": "1814"}
 _APPROVED = {39: "00"}  # read-only: `respond` does not keep nor change its `changes`
 
 
-def _echo(message: Message) -> Labelled:
+def _labelled_echo(message: Message, context: SessionContext) -> Labelled:
+    """`echo`, telling the dispatcher its response code (no second parse for the metric).
+    Registered as the echo handler itself: one call per echo, not two."""
     mti = message.mti
     answer = _ECHO_ANSWERS.get(mti) or response_mti(mti)
     assert answer is not None
-    if mti[2] == "0" and mti[3] == "4" and 24 in message and message.get(24) != "831":
+    if mti[3] == "4" and mti[2] == "0" and 24 in message and message.get(24) != "831":
         return message.respond(answer, {39: "12"}), "12"
     return message.respond(answer, _APPROVED), "00"
 
 
 def echo(message: Message, context: SessionContext) -> Answer:
     """Network-management echo: 0800 -> 0810 and 0804 (24 = 831) -> 0814, with 39=00."""
-    return _echo(message)[0]
-
-
-def _labelled_echo(message: Message, context: SessionContext) -> Labelled:
-    """`echo`, telling the dispatcher its response code (no second parse for the metric)."""
-    return _echo(message)
+    return _labelled_echo(message, context)[0]
 
 
 def default_registry() -> Registry:
@@ -166,11 +165,18 @@ def default_registry() -> Registry:
 class Dispatcher:
     """Parses a message, finds its dialogue, and turns every failure into the right answer."""
 
+    # Past this many (mti, result) pairs, counts go through Metrics.message_cell each time
+    # (garbage MTIs must not grow the cache without bound).
+    _MAX_CACHED_CELLS = 1024
+
     def __init__(self, registry: Registry, metrics: Metrics) -> None:
         self.registry = registry
         self.metrics = metrics
         self._lookup = registry.lookup  # bound once: the per-message path
-        self._message = metrics.message
+        # The registry's (mti, mode) -> handler cache, read directly on the per-message path
+        # (the same dict: `register` clears it in place).
+        self._resolved = registry._resolved
+        self._cells: dict[tuple[str, str], list[int]] = {}  # (mti, result) -> metric cell
 
     def profile(self, name: str) -> Any:
         return get_profile(name)
@@ -178,21 +184,24 @@ class Dispatcher:
     def handle(self, payload: bytes, context: SessionContext) -> Answer | Awaitable[Answer]:
         """The answer to `payload` (bytes or None), or an awaitable of it for slow dialogues."""
         try:
-            message = Message.parse(payload, context.profile)
-            mti = message.mti
+            message = _parse(payload, context.profile)
         except CodecError as error:
             return self._format_error(error, context)
-        handler = self._lookup(mti, context.mode)
+        mti = message.mti
+        handler = self._resolved.get((mti, context.mode))
         if handler is None:
-            return self._unsupported(message, context)
+            handler = self._lookup(mti, context.mode)
+            if handler is None:
+                return self._unsupported(message, context)
         try:
             answer = handler(message, context)
         except CodecError as error:
             return self._format_error(error, context, message)
-        # _count, inlined for the two usual forms
+        # _count, inlined for the usual forms
         kind = answer.__class__
+        result: str
         if kind is tuple:
-            answer, result = answer  # type: ignore[misc]
+            answer, result = answer  # type: ignore[misc,assignment]
         elif kind is bytes:
             result = "answered"
         elif answer is None:
@@ -201,10 +210,19 @@ class Dispatcher:
             return self._await(answer, message, context)  # type: ignore[arg-type]
         else:
             return self._count(mti, answer, context)  # type: ignore[arg-type]
-        self._message(mti, result)
+        cell = self._cells.get((mti, result))
+        if cell is None:
+            cell = self._cell(mti, result)
+        cell[0] += 1
         if context.debug:
             context.log.debug("cb2a.dialogue", mti=mti, result=result)
         return answer  # type: ignore[return-value]
+
+    def _cell(self, mti: str, result: str) -> list[int]:
+        cell = self.metrics.message_cell(mti, result)
+        if len(self._cells) < self._MAX_CACHED_CELLS:
+            self._cells[mti, result] = cell
+        return cell
 
     async def _await(self, answer: Awaitable[Answer | Labelled], message: Message,
                      context: SessionContext) -> Answer:
@@ -219,7 +237,10 @@ class Dispatcher:
             answer, result = answer
         else:
             result = "no_answer" if answer is None else "answered"
-        self._message(mti, result)
+        cell = self._cells.get((mti, result))
+        if cell is None:
+            cell = self._cell(mti, result)
+        cell[0] += 1
         if context.debug:
             context.log.debug("cb2a.dialogue", mti=mti, result=result)
         return answer  # type: ignore[return-value]

@@ -21,20 +21,31 @@ class _HotCounters:
     """Counters of the per-message path as plain ints, turned into metrics at scrape time.
 
     A prometheus_client Counter takes a lock on every `inc`; at several counts per message
-    that was a visible share of an echo dialogue. The event loop is single-threaded, so a
-    dict of ints is enough, and the exposition stays the same (`<name>_total`).
+    that was a visible share of an echo dialogue. The event loop is single-threaded, so plain
+    ints are enough, and the exposition stays the same (`<name>_total`).
+
+    Each label set has a cell, a one-item list: `cell(...)` hands it out once (a listener's
+    stack keeps its frame cells, the dispatcher caches its message cells), and the hot path
+    counts with `cell[0] += n`, no lookup, no call.
     """
 
     def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
         self.name = name
         self.documentation = documentation
         self.labels = labels
-        self.values: dict[tuple[str, ...], int] = {}
+        self.values: dict[tuple[str, ...], list[int]] = {}
+
+    def cell(self, key: tuple[str, ...]) -> list[int]:
+        """The count of `key` as a one-item list (the same list every time)."""
+        cell = self.values.get(key)
+        if cell is None:
+            cell = self.values[key] = [0]
+        return cell
 
     def collect(self) -> list[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in sorted(self.values.items()):
-            family.add_metric(key, value)
+        for key, cell in sorted(self.values.items()):
+            family.add_metric(key, cell[0])
         return [family]
 
 
@@ -69,23 +80,30 @@ class Metrics:
             reg.register(counters)  # type: ignore[arg-type]
 
     def frame(self, layer: str, direction: str, count: int = 1) -> None:
-        values = self._frames.values
-        key = (layer, direction)
-        values[key] = values.get(key, 0) + count
+        self._frames.cell((layer, direction))[0] += count
 
-    def message(self, mti: str, result: str) -> None:
+    def frame_cell(self, layer: str, direction: str) -> list[int]:
+        """The frames counter of (layer, direction) as a cell: `cell[0] += n` counts."""
+        return self._frames.cell((layer, direction))
+
+    def message_cell(self, mti: str, result: str) -> list[int]:
+        """The messages counter of (mti, result) as a cell; past 1,000 label sets (garbage
+        MTIs), new MTIs share the cell of ("other", result)."""
         values = self._messages.values
         key = (mti, result)
-        if key not in values and len(values) > 1000:  # bounded label set: garbage MTIs
+        if key not in values and len(values) > 1000:  # bounded label set
             key = ("other", result)
-        values[key] = values.get(key, 0) + 1
+        return self._messages.cell(key)
+
+    def message(self, mti: str, result: str) -> None:
+        self.message_cell(mti, result)[0] += 1
 
     def error(self, layer: str, reason: str) -> None:
         values = self._errors.values
         key = (layer, reason)
         if key not in values and len(values) > 1000:
             key = (layer, "other")
-        values[key] = values.get(key, 0) + 1
+        self._errors.cell(key)[0] += 1
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         """Start the HTTP endpoint; the caller closes the returned server."""

@@ -8,6 +8,12 @@ A stack is fed plaintext bytes and the time, logs one `layer.step` event per ses
 hands whole messages to `Connection.deliver`, and writes whatever the layers queue. The
 layers decide every protocol answer (Clear with cause and diagnostic, AB with its code);
 the stack only carries them and closes the connection when a layer says the session is over.
+
+Deadlines: `Connection.deadline` is a lower bound of the stack's `deadline()` (the daemon's
+sweep ticks a connection whose bound is due, and the tick sets it exactly). `receive` keeps
+it a lower bound: a CBCOM session's deadline only moves earlier when a DE starts TGR, which
+the stack checks with one comparison; an iso idle timer only moves later. No call per
+message to recompute it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 from typing import TYPE_CHECKING
 
 from passerelle.codecs import cbcom
-from passerelle.codecs.framing import FramingError, LengthPrefixFramer, frame2, frame4
+from passerelle.codecs.framing import FramingError, LengthPrefixFramer, frame2
 from passerelle.switchd import cbcom_session as cs
 from passerelle.switchd import x25_circuit as xc
 
@@ -70,7 +76,7 @@ class Stack:
 class IsoStack(Stack):
     """2-byte length + ISO 8583 message; no session layer, so an idle timer of its own."""
 
-    __slots__ = ("_framer", "_idle_deadline", "_timeout")
+    __slots__ = ("_framer", "_idle_deadline", "_in", "_out", "_timeout")
 
     def __init__(self, conn: Connection, listener: Listener) -> None:
         super().__init__(conn, listener)
@@ -78,17 +84,21 @@ class IsoStack(Stack):
         self._framer = LengthPrefixFramer(2, min(settings.max_frame, 0xFFFF))
         self._timeout = settings.idle_timeout
         self._idle_deadline = self.loop.time() + self._timeout
+        self._in = self.metrics.frame_cell("iso", "in")
+        self._out = self.metrics.frame_cell("iso", "out")
         conn.session_started(None)
 
     def receive(self, data: bytes) -> None:
         frames = self._framer.feed(data)  # FramingError: the connection closes
+        # Only ever later: the connection's deadline stays a lower bound of it.
         self._idle_deadline = self.loop.time() + self._timeout
+        deliver, count = self.conn.deliver, self._in
         for frame in frames:
-            self.metrics.frame("iso", "in")
-            self.conn.deliver(frame)
+            count[0] += 1
+            deliver(frame)
 
     def answer(self, payload: bytes) -> None:
-        self.metrics.frame("iso", "out")
+        self._out[0] += 1
         self.conn.write(frame2(payload))
 
     def deadline(self) -> float:
@@ -147,34 +157,67 @@ class _CbcomUser(Stack):
         self.conn.session_started(mode)
 
     def _session_deadline(self) -> float:
-        deadline = self.session.next_deadline()
-        return math.inf if deadline is None else deadline
+        return self.session.deadline
 
 
 class CbcomStack(_CbcomUser):
     """4-byte length + CBCOM IPDU, over TCP or inside TLS."""
 
-    __slots__ = ("_framer", "_open", "_receiving")
+    __slots__ = ("_counted", "_framer", "_in", "_now", "_open", "_out", "_receiving",
+                 "_time", "_whole")
 
     def __init__(self, conn: Connection, listener: Listener) -> None:
         super().__init__(conn, listener)
         self._framer = LengthPrefixFramer(4, listener.settings.max_frame)
-        self.session = cs.CbcomSession(cs.Role.SERVER, self._cbcom_config(),
-                                       now=self.loop.time())
+        self._whole = True  # the framer holds nothing: a chunk may be one whole frame
+        self._time = self.loop.time
+        self._now = self._time()
+        self.session = cs.CbcomSession(cs.Role.SERVER, self._cbcom_config(), now=self._now,
+                                       framed=True)
         self._open = False
-        self._receiving = False  # answers given while True leave in one write at the end
+        # While True, `receive` is running: answers given meanwhile leave in one write at
+        # its end, and use its `_now` (the loop's time does not move within a callback).
+        self._receiving = False
+        self._in = self.metrics.frame_cell("cbcom", "in")
+        self._out = self.metrics.frame_cell("cbcom", "out")
+        self._counted = 0  # session.sent already added to the frames-out metric
 
     def receive(self, data: bytes) -> None:
-        now = self.loop.time()
+        session, conn = self.session, self.conn
+        if self._whole and data.__class__ is bytes:
+            # The usual chunk: one frame holding one DE. Straight to the dialogue.
+            now = self._now = self._time()
+            apdu = session.receive_framed_apdu(data, now)
+            if apdu is not None:
+                self._in[0] += 1
+                self._receiving = True
+                try:
+                    conn.deliver(apdu)
+                finally:
+                    self._receiving = False
+                out = session.data_to_send()  # _flush, inlined
+                if out:
+                    sent = session.sent
+                    self._out[0] += sent - self._counted
+                    self._counted = sent
+                    conn.write(out)
+                # A DE not answered yet started TGR: the connection's deadline may have
+                # to come earlier (an answered one leaves TSI, later than any bound set).
+                deadline = session.deadline
+                if deadline < conn.deadline and not conn.closed:
+                    conn.deadline = deadline
+                return
+        framer = self._framer
         try:
-            frames = self._framer.feed(data)
+            frames = framer.feed(data)
         except FramingError as error:
             self.metrics.error("framing", "too_long")
-            self._after(self.session.abort(cbcom.CODE_APDU_LENGTH, str(error)))
+            self._after(session.abort(cbcom.CODE_APDU_LENGTH, str(error)))
             return
+        self._whole = not framer.pending
         if not frames:
             return
-        session, deliver = self.session, self.conn.deliver
+        now = self._now = self._time()
         done = 0
         self._receiving = True
         try:
@@ -182,15 +225,18 @@ class CbcomStack(_CbcomUser):
                 done += 1
                 apdu = session.receive_data_apdu(frame, now)  # a DE: no event objects
                 if apdu is not None:
-                    deliver(apdu)
+                    conn.deliver(apdu)
                 elif self._session_events(session.receive_ipdu(frame, now)):
                     self._flush()
-                    self.conn.close("cbcom session over")
+                    conn.close("cbcom session over")
                     return
         finally:
             self._receiving = False
-            self.metrics.frame("cbcom", "in", done)
+            self._in[0] += done
         self._flush()
+        deadline = session.deadline
+        if deadline < conn.deadline and not conn.closed:
+            conn.deadline = deadline
 
     def _after(self, events: list[cs.Event]) -> None:
         over = self._session_events(events)
@@ -199,34 +245,33 @@ class CbcomStack(_CbcomUser):
             self.conn.close("cbcom session over")
 
     def _flush(self) -> None:
-        ipdus = self.session.ipdus_to_send()
-        if not ipdus:
-            return
-        self.metrics.frame("cbcom", "out", len(ipdus))
-        if len(ipdus) == 1:  # the usual answer: one DE
-            ipdu = ipdus[0]
-            self.conn.write(len(ipdu).to_bytes(4, "big") + ipdu)
-        else:
-            self.conn.write(b"".join([frame4(ipdu) for ipdu in ipdus]))
+        session = self.session
+        data = session.data_to_send()  # framed: a DE leaves as the session encoded it
+        if data:
+            sent = session.sent
+            self._out[0] += sent - self._counted
+            self._counted = sent
+            self.conn.write(data)
 
     def _connected(self, mode: str) -> None:
         self._open = True
         super()._connected(mode)
 
     def answer(self, payload: bytes) -> None:
-        self.session.send_message(payload, self.loop.time())
-        if not self._receiving:
+        if self._receiving:
+            self.session.send_message(payload, self._now)
+        else:
+            self.session.send_message(payload, self._time())
             self._flush()
 
     def no_answer(self) -> None:
-        self.session.no_answer(self.loop.time())
+        self.session.no_answer(self._now if self._receiving else self._time())
 
     def abort(self, code: int) -> None:
         self._after(self.session.abort(code, "aborted by the dialogue"))
 
     def deadline(self) -> float:
-        deadline = self.session.next_deadline()
-        return math.inf if deadline is None else deadline
+        return self.session.deadline
 
     def tick(self, now: float) -> None:
         self._after(self.session.tick(now))
@@ -243,7 +288,7 @@ class CbcomStack(_CbcomUser):
 class XotStack(_CbcomUser):
     """XOT + X.25 virtual circuit, one CBCOM IPDU per M-bit chain."""
 
-    __slots__ = ("_clear_pending", "_open", "circuit")
+    __slots__ = ("_clear_pending", "_in", "_now", "_open", "_out", "_receiving", "circuit")
 
     def __init__(self, conn: Connection, listener: Listener) -> None:
         super().__init__(conn, listener)
@@ -260,19 +305,34 @@ class XotStack(_CbcomUser):
         self.session: cs.CbcomSession | None = None  # type: ignore[assignment]
         self._open = False
         self._clear_pending = False  # CBCOM ended: clear the call once the AB is sent
+        self._receiving = False  # as CbcomStack: answers meanwhile leave with the RRs
+        self._now = 0.0
+        self._in = self.metrics.frame_cell("x25", "in")
+        self._out = self.metrics.frame_cell("x25", "out")
 
     def receive(self, data: bytes) -> None:
-        now = self.loop.time()
-        self._circuit_events(self.circuit.receive_data(data, now), now)
+        now = self._now = self.loop.time()
+        self._receiving = True
+        try:
+            self._circuit_events(self.circuit.receive_data(data, now), now)
+        finally:
+            self._receiving = False
         self._flush(now)
+        self.conn.refresh_deadline()  # the circuit's timers may have come earlier
 
     def _circuit_events(self, events: list[xc.Event], now: float) -> None:
         conn, circuit = self.conn, self.circuit
         for event in events:
-            if isinstance(event, xc.Message):
-                self.metrics.frame("x25", "in")
-                if self.session is not None and self._session_events(
-                        self.session.receive_ipdu(event.data, now)):
+            if event.__class__ is xc.Message:
+                self._in[0] += 1
+                session = self.session
+                if session is None:
+                    continue
+                data = event.data  # type: ignore[union-attr]
+                apdu = session.receive_data_apdu(data, now) if data.__class__ is bytes else None
+                if apdu is not None:  # a DE: no event objects
+                    conn.deliver(apdu)
+                elif self._session_events(session.receive_ipdu(data, now)):
                     self._clear_pending = True
             elif isinstance(event, xc.CallIncoming):
                 neg = event.negotiated
@@ -321,7 +381,7 @@ class XotStack(_CbcomUser):
         circuit = self.circuit
         if self.session is not None:
             for ipdu in self.session.ipdus_to_send():
-                self.metrics.frame("x25", "out")
+                self._out[0] += 1
                 circuit.send_message(ipdu)
         if self._clear_pending and not circuit.queued:
             self._clear_pending = False
@@ -333,13 +393,16 @@ class XotStack(_CbcomUser):
     def answer(self, payload: bytes) -> None:
         if self.session is None:
             return
+        if self._receiving:  # `receive` flushes once at its end
+            self.session.send_message(payload, self._now)
+            return
         now = self.loop.time()
         self.session.send_message(payload, now)
         self._flush(now)
 
     def no_answer(self) -> None:
         if self.session is not None:
-            self.session.no_answer(self.loop.time())
+            self.session.no_answer(self._now if self._receiving else self.loop.time())
 
     def abort(self, code: int) -> None:
         """AB with `code`, then the call is cleared once the AB has left the window."""

@@ -156,3 +156,53 @@ def test_random_bytes_decode_or_cbcom_error(data: bytes) -> None:
         assert 0 <= exc.code <= 255
         return
     assert cbcom.decode(ipdu.encode()) == ipdu
+
+
+# --- the DE fast path agrees with decode ------------------------------------------------
+
+
+@given(apdu=st.binary(max_size=300), width=st.integers(1, 4), response=st.booleans())
+def test_fast_path_reads_what_decode_reads(apdu: bytes, width: int, response: bool) -> None:
+    if len(apdu) >= 1 << (8 * width):
+        return
+    params = ((cbcom.PI07_APDU_LENGTH, len(apdu).to_bytes(width, "big")),)
+    if response:
+        params = ((cbcom.PI01_RETURN_CODE, b"\x00"), *params)
+    wire = Ipdu(cbcom.DE, params, apdu).encode()
+    framed = len(wire).to_bytes(4, "big") + wire
+    # PI01 or an unusual width: None, and the caller decodes; else the APDU decode finds
+    fast = cbcom.data_apdu(wire)
+    assert fast is None if response else fast == apdu
+    wide = fast is not None and width in (2, 4)
+    assert cbcom.framed_data_apdu(framed, 1 << 16) == (apdu if wide else None)
+    assert cbcom.framed_data_apdu(framed, len(wire) - 1) is None  # over max_frame
+    assert cbcom.framed_data_apdu(framed + b"\x00", 1 << 16) is None  # not one frame
+    assert cbcom.framed_data_apdu(framed[:-1], 1 << 16) is None if apdu else True
+
+
+_DE_HEADS = st.sampled_from([b"", b"\xc1\x04\x07\x02", b"\xc1\x06\x07\x04",
+                             b"\xc1\x03\x07\x01", b"\xc1\x07\x01\x01\x00\x07\x02"])
+
+
+@given(head=_DE_HEADS, tail=st.binary(max_size=12), length=st.none() | st.integers(0, 20))
+def test_fast_path_on_any_bytes_is_none_or_what_decode_reads(
+    head: bytes, tail: bytes, length: int | None
+) -> None:
+    ipdu = head + tail
+    size = len(ipdu) if length is None else length
+    for raw, fast in ((ipdu, cbcom.data_apdu(ipdu)),
+                      (ipdu, cbcom.framed_data_apdu(size.to_bytes(4, "big") + ipdu, 1 << 16))):
+        if fast is None:
+            continue
+        decoded = cbcom.decode(raw)
+        assert (decoded.pgi, decoded.apdu, decoded.code) == (cbcom.DE, fast, None)
+
+
+@given(apdu=st.binary(max_size=2000), response=st.booleans())
+def test_encoders_agree(apdu: bytes, response: bool) -> None:
+    wire = cbcom.data(apdu, response=response).encode()
+    assert cbcom.encode_data(apdu, response=response) == wire
+    assert cbcom.encode_data(memoryview(apdu), response=response) == wire
+    assert cbcom.framed_data(apdu, response=response) == len(wire).to_bytes(4, "big") + wire
+    with pytest.raises(CbcomError):
+        cbcom.framed_data(b"x" * 70_000, response=response)

@@ -136,6 +136,36 @@ def test_two_requests_before_an_answer_are_both_delivered() -> None:
     assert server.next_deadline() == 26.0 + 780
 
 
+def test_a_framed_session_queues_what_an_unframed_one_does_behind_its_length() -> None:
+    """Stream mode (framed=True): the same IPDUs, framed as they are queued; the one-frame
+    fast path (`receive_framed_apdu`) runs the timers as `receive_ipdu` does."""
+    plain, framed = _server(), CbcomSession(Role.SERVER, now=0.0, framed=True)
+    cn = cbcom.connect(tsi=600).encode()
+    for session in (plain, framed):
+        assert isinstance(session.receive_ipdu(cn, 1.0)[0], Connected)
+    assert framed.data_to_send() == plain.data_to_send() == frame4(cbcom.accept(tsi=600).encode())
+    de = cbcom.data(b"\x08\x00req").encode()
+    assert framed.receive_framed_apdu(frame4(de), 10.0) == b"\x08\x00req"
+    assert plain.receive_ipdu(de, 10.0) == [Message(b"\x08\x00req")]
+    assert framed.next_deadline() == plain.next_deadline() == 40.0  # TGR
+    assert framed.receive_framed_apdu(frame4(de)[:-1], 11.0) is None  # not one whole frame
+    for session in (plain, framed):
+        session.send_message(b"\x08\x10ans", 12.0)
+        session.send_message(b"unsolicited", 12.0)
+    assert framed.next_deadline() == plain.next_deadline() == 612.0  # TSI
+    assert framed.data_to_send() == plain.data_to_send()
+    assert framed.sent == plain.sent == 3  # AC, the answer, the unsolicited DE
+    framed.abort()
+    assert framed.ipdus_to_send() == [cbcom.abort(cbcom.CODE_NORMAL_END).encode()]
+    assert framed.receive_framed_apdu(frame4(de), 13.0) is None  # closed: nothing done
+
+
+def test_the_framed_fast_path_waits_for_the_cn() -> None:
+    server = CbcomSession(Role.SERVER, now=0.0, framed=True)
+    assert server.receive_framed_apdu(frame4(cbcom.data(b"x").encode()), 1.0) is None
+    assert server.state is State.WAIT_CN
+
+
 @pytest.mark.parametrize("ipdu", [cbcom.connect(), cbcom.accept()])
 def test_unexpected_ipdu_when_connected(ipdu: Ipdu) -> None:
     server = _open()
