@@ -340,4 +340,4 @@ def test_proxy_listener_refuses_garbage(tmp_path: Path) -> None:
             async with await Terminal.dial_cbcom("127.0.0.1", port, proxy_header=header) as tpe:
                 assert Message.parse(await tpe.exchange(echo_request(1)), CB2A).get(39) == "00"
         run(proxied())
-        assert process.find("cbcom.connected", peer="203.0.113.7:41000")
+        process.wait_for("cbcom.connected", timeout=5, peer="203.0.113.7:41000")

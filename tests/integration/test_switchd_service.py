@@ -129,7 +129,7 @@ def test_called_address_selects_the_profile(tmp_path: Path) -> None:
         selected, default = run(scenario())
         assert (selected.mti, selected.get(39), selected.get(41)) == ("0810", "00", "SIMTPE01")
         assert default.get(39) == "00"
-        assert process.find("x25.profile_selected", profile="cb2a-ebcdic")
+        process.wait_for("x25.profile_selected", timeout=5, profile="cb2a-ebcdic")
 
 
 def test_metrics_show_the_counters(switchd: SwitchdProcess) -> None:
@@ -192,7 +192,7 @@ def test_max_connections_refuses_the_extra_one(tmp_path: Path) -> None:
                 assert Message.parse(await tpe.exchange(echo_request(7)), CB2A).get(39) == "00"
                 await tpe.close()
         run(scenario())
-        assert process.find("conn.refused", reason="max_connections")
+        process.wait_for("conn.refused", timeout=5, reason="max_connections")
 
 
 class NotifySocket:

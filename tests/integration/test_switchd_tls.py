@@ -181,7 +181,7 @@ def test_proxy_header_before_tls(pki: dict[str, object], tmp_path: Path) -> None
                     server_hostname="localhost") as tpe:
                 assert Message.parse(await tpe.exchange(echo_request(41)), CB2A).get(39) == "00"
         run(scenario())
-        assert process.find("tls.handshake_done", peer="198.51.100.9:52000")
+        process.wait_for("tls.handshake_done", timeout=5, peer="198.51.100.9:52000")
 
 
 def test_silent_client_is_closed_after_the_handshake_timeout(pki: dict[str, object],
@@ -196,7 +196,7 @@ def test_silent_client_is_closed_after_the_handshake_timeout(pki: dict[str, obje
             assert await asyncio.wait_for(reader.read(-1), 5) == b""
             writer.close()
         run(scenario())
-        assert process.find("conn.handshake_timeout")
+        process.wait_for("conn.handshake_timeout", timeout=5)  # the log thread may lag the close
 
 
 def test_sighup_with_a_broken_certificate_keeps_the_old_one(pki: dict[str, object],
