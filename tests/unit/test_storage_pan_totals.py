@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -14,10 +14,14 @@ from passerelle.storage.db import StorageError, StorageSettings, settings_from_t
 from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac, protect_pan
 from passerelle.storage.remises import (
     STATUS_CORRECT,
+    InvalidRemise,
+    Remise,
     RemiseTotals,
     RemiseTransaction,
+    _check_transaction,
     compute_totals,
     remise_status,
+    validate,
 )
 
 KEY = PanHmacKey(1, bytes(range(32)))
@@ -124,3 +128,61 @@ def test_storage_settings_name_the_bad_key() -> None:
         settings_from_table({"pool_max_size": "ten"})
     with pytest.raises(StorageError, match=r"pool_min_size .* exceeds"):
         settings_from_table({"pool_min_size": 5, "pool_max_size": 2})
+
+
+# Values each transaction field may take below: good ones and bad ones.
+_FIELD_VALUES: dict[str, list[object]] = {
+    "seq": [1, 0, -1, 2**31, True],
+    "at": [datetime(2026, 11, 1, tzinfo=UTC),
+           datetime(2026, 11, 1, tzinfo=timezone(timedelta(hours=1))), datetime(2026, 11, 1)],
+    "amount": [0, 1250, -1, 2**62, 2**62 + 1, False],
+    "currency": [978, 840],
+    "pan_masked": ["497010******1234", "4970101234561234", "497010*1234",
+                   "٤٩٧٠١٠******1234"],
+    "pan_hmac": [bytes(32), bytes(31)],
+    "pan_hmac_key_version": [1, 0, 32768],
+    "expiry": [None, "2710", "2713", "", "2710\n", "٢٧١٠"],
+    "response_code": [None, "00", "A1", "a1", "0", "0é"],
+    **{name: [None, "BNP PARIBAS", "", "x" * 64, "x" * 65, "TAB\tHERE", "SOCIÉTÉ"]
+       for name in ("authorization_number", "issuer", "product", "rrn", "stan", "aid")},
+}
+_GOOD_FIELDS = {"at": datetime(2026, 11, 1, tzinfo=UTC), "amount": 1250, "currency": 978,
+                "pan_masked": "497010******1234", "pan_hmac": bytes(32),
+                "pan_hmac_key_version": 1}
+
+
+def _validate_agrees_with_the_careful_checks(fields: list[dict[str, object]]) -> None:
+    remise = Remise("TPE0000", "1234567", "CBEMV", 1, 1, 978, datetime(2026, 11, 1, tzinfo=UTC),
+                    RemiseTotals(), [RemiseTransaction(operation="purchase", result="approved",
+                                                       **{"seq": n, **_GOOD_FIELDS, **f})
+                                     for n, f in enumerate(fields, 1)])  # type: ignore[arg-type]
+    careful = None
+    seen: set[object] = set()
+    try:
+        for tx in remise.transactions:
+            _check_transaction("remise", remise, tx, seen)  # type: ignore[arg-type]
+            seen.add(tx.seq)
+    except InvalidRemise as error:
+        careful = error
+    if careful is None:
+        validate(remise)
+    else:
+        with pytest.raises(InvalidRemise):
+            validate(remise)
+
+
+@pytest.mark.parametrize(("name", "value"), [(name, value) for name, values in
+                                             _FIELD_VALUES.items() for value in values])
+def test_validate_fast_path_accepts_exactly_what_the_careful_checks_accept(
+        name: str, value: object) -> None:
+    _validate_agrees_with_the_careful_checks([{name: value}])
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.dictionaries(st.sampled_from(sorted(_FIELD_VALUES)), st.integers(0, 6),
+                                max_size=3), min_size=1, max_size=3))
+def test_validate_agrees_with_the_careful_checks_on_mixed_remises(
+        choices: list[dict[str, int]]) -> None:
+    _validate_agrees_with_the_careful_checks([
+        {name: _FIELD_VALUES[name][index % len(_FIELD_VALUES[name])]
+         for name, index in fields.items()} for fields in choices])
