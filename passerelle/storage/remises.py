@@ -433,7 +433,7 @@ class _TextCache(dict[str | None, bytes]):
         return encoded
 
 
-_FEW = {name: _TextCache() for name in ("response_code", "expiry", "issuer", "product")}
+_FEW = {name: _TextCache() for name in ("response_code", "expiry", "issuer", "product", "aid")}
 _OUTCOMES = {
     (operation, result): _text(operation) + _text(direction) + _text(result)
     for operation, direction in _DIRECTION.items() for result in ("approved", "declined")
@@ -469,25 +469,21 @@ def copy_transactions(
                              remise.application, label, trade_name, siret)),
     ))
     head, outcomes = _HEAD.pack, _OUTCOMES
-    codes, expiries, issuers, products = (_FEW["response_code"], _FEW["expiry"],
-                                          _FEW["issuer"], _FEW["product"])
+    codes, expiries, issuers, products, aids = (
+        _FEW["response_code"], _FEW["expiry"], _FEW["issuer"], _FEW["product"], _FEW["aid"])
     parts = [_SIGNATURE]
-    append = parts.append
+    extend = parts.extend
     for tx in remise.transactions:
-        append(head(_COLUMNS, 8, (tx.at - _PG_EPOCH) // _MICROSECOND, 4, tx.seq, 8, tx.amount,
-                    2, tx.currency, 32, tx.pan_hmac, 2, tx.pan_hmac_key_version))
-        append(shared)
-        append(outcomes[tx.operation, tx.result])
-        append(codes[tx.response_code])
-        append(_text(tx.pan_masked))
-        append(expiries[tx.expiry])
-        append(_text(tx.authorization_number))
-        append(issuers[tx.issuer])
-        append(products[tx.product])
-        append(_text(tx.rrn))
-        append(_text(tx.stan))
-        append(_text(tx.aid))
-    append(_TRAILER)
+        masked = tx.pan_masked.encode()  # validated: 6 digits, '*'s, 4 digits
+        extend((
+            head(_COLUMNS, 8, (tx.at - _PG_EPOCH) // _MICROSECOND, 4, tx.seq, 8, tx.amount,
+                 2, tx.currency, 32, tx.pan_hmac, 2, tx.pan_hmac_key_version),
+            shared, outcomes[tx.operation, tx.result], codes[tx.response_code],
+            _LENGTH(len(masked)), masked, expiries[tx.expiry],
+            _text(tx.authorization_number), issuers[tx.issuer], products[tx.product],
+            _text(tx.rrn), _text(tx.stan), aids[tx.aid],
+        ))
+    parts.append(_TRAILER)
     return b"".join(parts)
 
 
