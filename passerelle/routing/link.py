@@ -180,7 +180,8 @@ class AcquirerLink:
         mac_key = self.settings.mac_key
         if mac_key is not None:
             wire = await self._mac(wire, mac_key)
-        await self.mux.acquire(max(deadline - time.monotonic(), 0.0))
+        if not self.mux.try_acquire():
+            await self.mux.acquire(max(deadline - time.monotonic(), 0.0))
         try:
             conn = self._wire
             if not self.up or conn is None:

@@ -40,10 +40,16 @@ class Mux:
     def __len__(self) -> int:
         return len(self._pending)
 
-    async def acquire(self, timeout: float) -> None:
-        """Take a window slot, waiting at most `timeout` for one (LinkBusy: not sent)."""
+    def try_acquire(self) -> bool:
+        """Take a free window slot now if there is one (no coroutine: the usual case)."""
         if self.in_flight < self.window and not self._waiters:
             self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self, timeout: float) -> None:
+        """Take a window slot, waiting at most `timeout` for one (LinkBusy: not sent)."""
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
