@@ -40,10 +40,14 @@ With an HSM (`[hsm]`): a PIN block (52) is re-enciphered from the terminals' TPK
 (`authorization.pin_key`) to the acquirer's ZPK (`pin_key` of the acquirer) before it
 leaves, and an acquirer with no ZPK, or a translation the HSM refuses, is skipped like an
 untranslatable request; links MAC their messages (see `routing.link`); the auth log's PAN
-HMAC comes from `hsm.pan_hmac` (newest key version, recorded with the row), computed in
-the background so the terminal's answer never waits for it. Without an HSM, as before: a
-PIN block is left out towards iso93/iso87 acquirers (a cb2a one gets the terminal's bytes
-as they are) and the PAN HMAC uses the configured key.
+HMAC comes from `hsm.pan_hmac` (newest key version, recorded with the row). Without an
+HSM, as before: a PIN block is left out towards iso93/iso87 acquirers (a cb2a one gets the
+terminal's bytes as they are) and the PAN HMAC uses the configured key. Either way the auth
+log writer computes it, for all the records of an event-loop iteration together, after the
+answers went: the terminal's answer never waits for it (`storage.authlog`).
+
+Per request, nothing arms a timer of its own: the terminal's deadline and the acquirer's
+response timeout are entries in shared deadline queues (`routing.deadlines`).
 """
 
 from __future__ import annotations
