@@ -641,16 +641,15 @@ class Telecollecte:
                 issuer = value.strip()[:64] or None
             elif tag == "PR" and product is None:
                 product = value.strip()[:64] or None
+        # Positional, in the struct's field order (msgspec takes 17 keywords at seven times
+        # the cost); test_every_transaction_field_reads_back_as_sent checks each field.
         return RemiseTransaction(
-            seq=number, at=at, operation=operation,  # type: ignore[arg-type]
-            result="approved" if code == "00" else "declined",
-            amount=int(amount), currency=file.currency, pan_masked=masked,
-            pan_hmac=digest, pan_hmac_key_version=version, expiry=expiry,
-            response_code=code.upper(),
-            authorization_number=authorization.strip() or None if authorization else None,
-            issuer=issuer, product=product,
-            rrn=rrn.strip() or None if rrn else None,
-            stan=stan.strip() or None if stan else None, aid=aid,
+            number, at, operation,  # type: ignore[arg-type]
+            "approved" if code == "00" else "declined", int(amount), file.currency, masked,
+            digest, version, expiry, code.upper(),
+            authorization.strip() or None if authorization else None,  # authorization_number
+            issuer, product,
+            rrn.strip() or None if rrn else None, stan.strip() or None if stan else None, aid,
         )
 
     # -- 0506 end of file --------------------------------------------------------------------

@@ -79,6 +79,7 @@ def test_every_transaction_field_reads_back_as_sent() -> None:
         assert (read.expiry, read.rrn, read.authorization_number, read.response_code) == (
             tx.expiry, tx.rrn, tx.authorization_number, tx.response_code)
         assert (read.issuer, read.product, read.aid) == (tx.issuer, tx.product, tx.aid)
+        assert read.stan == f"{tx.stan:06d}"
     assert {t.operation for t in batch.transactions} == {"purchase", "refund", "cancellation"}
 
 
