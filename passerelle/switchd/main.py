@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"switchd: {path}: configuration is valid")
         return
     logs.configure(settings.logging.level)
+    Daemon.freeze_gc_after_start = True  # see Daemon: no full-collection pause after start-up
     try:
         if gateway:
             uvloop.run(gateway_module.serve(settings, telecollecte))

@@ -10,6 +10,7 @@ per second.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import math
 import signal
@@ -105,6 +106,18 @@ class Listener:
 class Daemon:
     """Everything switchd runs; `start()`, then `stop()` (or `run()` until SIGTERM)."""
 
+    # Set by the `switchd` entry point (main.py): once started, collect the start-up garbage
+    # and freeze what is left (gc.freeze) out of every later collection. Measured: a full
+    # collection of a started switchd (56k tracked objects: config, codec profiles,
+    # prometheus, structlog, routing, storage) takes 25-30 ms on the reference machine, a
+    # pause every dialogue in flight would wait for; frozen, it scans only what was made
+    # since (the sessions' objects; 0.0 ms right after start). The per-message path itself
+    # allocates nothing that survives (no collection at all in 130k echo or
+    # task-per-message dialogues), so the generation thresholds stay Python's: raising
+    # them changed nothing measurable. In-process users (tests, benchmarks) keep the
+    # interpreter as they have it.
+    freeze_gc_after_start = False
+
     def __init__(self, settings: Settings, registry: Registry | None = None,
                  notifier: Notifier | None = None) -> None:
         self.settings = settings
@@ -152,6 +165,9 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._sweep()))
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog()))
+        if self.freeze_gc_after_start:
+            gc.collect()
+            gc.freeze()
         self.notifier.ready(f"listening on {len(self.listeners)} listeners")
         self.log.info("switchd.ready",
                       listeners={name: lst.address for name, lst in self.listeners.items()})
