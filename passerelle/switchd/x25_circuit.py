@@ -310,7 +310,14 @@ class X25Circuit:
     # --- Output --------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        """The bytes queued for the peer since the last call (XOT-framed packets)."""
+        """The bytes queued for the peer since the last call (XOT-framed packets).
+
+        Data received and not acknowledged yet by a Data packet of ours (its P(R)) is
+        acknowledged here with an RR: the answer a dialogue gives before this call carries
+        the acknowledgement itself, one packet instead of RR + Data."""
+        if self._vr != self._pr_sent and self.state is State.DATA:
+            self._send(ReceiveReady(self.lcn, self._vr, self.negotiated.modulo))
+            self._pr_sent = self._vr
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -480,9 +487,8 @@ class X25Circuit:
                 if self.lcn == 0 and self.state is State.LISTEN:
                     self.lcn = _lcn_of(raw)
                 events += self._start_clear(cause, exc.diagnostic, now, exc.reason)
-        if self.state is State.DATA and self._vr != self._pr_sent:
-            self._send(ReceiveReady(self.lcn, self._vr, self.negotiated.modulo))
-            self._pr_sent = self._vr
+        # An RR for what arrived goes out with data_to_send, unless an answer carries the
+        # acknowledgement first.
         return events
 
     def _error_cause(self, diagnostic: int) -> int:
@@ -500,6 +506,13 @@ class X25Circuit:
             if state is State.CLEARING:
                 return  # p6/p7: anything but a Clear is ignored
             raise _Violation(exc.reason, exc.diagnostic) from None
+
+        # The usual packet: Data on our call in data transfer. The checks below, in the
+        # order they would run for it, without the walk through the other packet types.
+        if (packet.__class__ is Data and state is State.DATA and packet.lcn == self.lcn
+                and packet.modulo == self.negotiated.modulo):
+            self._data(packet, events)  # type: ignore[arg-type]
+            return
 
         if isinstance(packet, (RestartRequest, RestartConfirmation)):
             # RFC 1613: XOT carries no restart; one means the peer gave the circuit up.

@@ -225,6 +225,21 @@ def test_data_carries_piggybacked_acknowledgement_and_no_extra_rr() -> None:
     assert t.send(x25.Data(LCN, 1, 1, b"next")) == [x25.ReceiveReady(LCN, 2)]
 
 
+def test_an_answer_given_before_the_flush_is_the_acknowledgement() -> None:
+    """switchd answers a request before it collects the bytes to send: the answer's P(R)
+    acknowledges the request, no RR goes before it. With nothing to send, an RR."""
+    t = Terminal()
+    t.call()
+    wire = xot.encode(x25.Data(LCN, 0, 0, b"request").encode())
+    t.events += t.circuit.receive_data(wire, 0.0)
+    t.circuit.send_message(b"answer")
+    assert t.received() == [x25.Data(LCN, 0, 1, b"answer")]
+    wire = xot.encode(x25.Data(LCN, 1, 1, b"no answer owed").encode())
+    t.events += t.circuit.receive_data(wire, 0.0)
+    assert t.received() == [x25.ReceiveReady(LCN, 2)]
+    assert t.received() == []
+
+
 def test_q_bit_message() -> None:
     t = Terminal()
     t.call()
