@@ -28,14 +28,18 @@ _LENGTH_BYTES = tuple(bytes((n,)) for n in range(256))
 _BIN1 = 1  # step kinds: 1-byte binary prefix (CB2A), ASCII digits (iso87), any other prefix
 _ASCII = 2
 _OTHER = 3
+# A packed-BCD prefix byte's value (iso93-binary's LL and LLL), 1000 when a nibble is not a
+# digit: above every max_len, so `walk` refuses it and the careful parser says why.
+_BCD_BYTE = tuple((b >> 4) * 10 + (b & 15) if b >> 4 < 10 and b & 15 < 10 else 1000
+                  for b in range(256))
 
 
 class Layout:
     """Where each field of one bitmap sits, as anchors + constants."""
 
     __slots__ = (
-        "ascii_steps", "bin1_steps", "bits", "entries", "header", "numbers", "plans", "recipes",
-        "runs", "steps", "tail", "where",
+        "ascii_steps", "bcd_steps", "bin1_steps", "bits", "entries", "header", "numbers",
+        "plans", "recipes", "runs", "steps", "tail", "where",
     )
 
     def __init__(self, specs: tuple[FieldSpec | None, ...], numbers: Iterable[int], header: int,
@@ -74,6 +78,9 @@ class Layout:
                            if all(step[2] == _BIN1 for step in steps) else None)
         self.ascii_steps = (tuple((step[0], step[1], step[4], step[3]) for step in steps)
                             if all(step[2] == _ASCII for step in steps) else None)
+        self.bcd_steps = (tuple((step[0], step[1] == 2, step[4], step[3]) for step in steps)
+                          if steps and all(step[5].parse is Parse.BCD and step[1] in (1, 2)
+                                           for step in steps) else None)
         self.runs = _group_runs(specs, entries)
         self.tail = delta
         self.where = where
@@ -142,6 +149,24 @@ class Layout:
                     if units > max_len:
                         return None
                     pos = start + 1 + ((units + 1) >> 1 if half else units)
+                    anchors.append(pos)
+            except IndexError:
+                return None
+            return anchors if pos + self.tail == len(data) else None
+        if self.bcd_steps is not None:  # iso93-binary: every prefix is 1 or 2 BCD bytes
+            bcd = _BCD_BYTE
+            try:
+                for delta, wide, max_len, half in self.bcd_steps:
+                    start = pos + delta
+                    if wide:
+                        units = bcd[data[start]] * 100 + bcd[data[start + 1]]
+                        start += 2
+                    else:
+                        units = bcd[data[start]]
+                        start += 1
+                    if units > max_len:
+                        return None
+                    pos = start + ((units + 1) >> 1 if half else units)
                     anchors.append(pos)
             except IndexError:
                 return None

@@ -248,6 +248,38 @@ def test_bcd_length_prefix_not_decimal() -> None:
     assert (caught.value.field, caught.value.offset) == (2, 10)
 
 
+@FUZZ
+@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255))
+def test_any_bcd_length_prefix_byte(pan_prefix: int, icc_high: int, icc_low: int) -> None:
+    """iso93-binary's LL (field 2) and LLL (field 55) prefixes, whatever their bytes: a
+    message parses exactly when each prefix is BCD digits announcing the bytes that follow,
+    and is refused otherwise, naming the first field whose prefix is wrong."""
+    iso93 = get_profile("iso93-binary")
+    pan, icc = "4539795755326151", bytes(range(40))
+    wire = bytearray(encode(iso93, "1110", {2: pan, 11: "000001", 55: icc}))
+    assert (wire[10], wire[22], wire[23]) == (0x16, 0x00, 0x40)
+    wire[10], wire[22], wire[23] = pan_prefix, icc_high, icc_low
+
+    def digits(*values: int) -> int | None:
+        text = bytes(values).hex()
+        return int(text) if text.isdigit() else None
+
+    pan_ok = digits(pan_prefix) == 16
+    icc_ok = digits(icc_high, icc_low) == 40
+    if pan_ok and icc_ok:
+        message = Message.parse(bytes(wire), iso93)
+        assert (message.get(2), message.get(55)) == (pan, icc)
+        return
+    with pytest.raises(CodecError) as caught:
+        Message.parse(bytes(wire), iso93)
+    # A prefix that is not BCD digits is named; a wrong length shows further on.
+    if not pan_ok:
+        expected = (2,) if digits(pan_prefix) is None else (2, 11, 55, None)
+    else:
+        expected = (55,) if digits(icc_high, icc_low) is None else (55, None)
+    assert caught.value.field in expected
+
+
 # -- values ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("number", "at", "byte"), [
     (3, 0, 0x0A),   # n6 processing code: nibble A
