@@ -85,6 +85,17 @@ class Message:
     def wire(self) -> bytes:
         return self._data
 
+    @property
+    def layout(self) -> Layout:
+        """The compiled layout of this message's bitmap (shared by every message with it)."""
+        return self._layout
+
+    @property
+    def anchors(self) -> list[int]:
+        """Where this message's variable fields end: with `layout.where`, what a caller
+        copying many fields by position needs (`routing.translate`), one lookup per run."""
+        return self._anchors
+
     def raw(self, number: int) -> memoryview:
         """The field's bytes as sent, length prefix included (a view, not a copy)."""
         start, _, end = self._layout.span(self._anchors, number)

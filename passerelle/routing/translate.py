@@ -147,11 +147,12 @@ class _Reprefix:
         self.prefixes = tuple(_prefix_bytes(target, units) for units in range(target.max_len + 1))
         self.target_name = target_name
 
-    def units(self, raw: memoryview) -> int:
+    def units(self, data: bytes, start: int) -> int:
+        """The length the source's prefix at `start` announces (CodecError if too long)."""
         if self.source.prefix is Prefix.BINARY and self.source_size == 1:
-            units: int = raw[0]
+            units: int = data[start]
         else:
-            units = read_units(bytes(raw), 0, self.source_size, self.source)
+            units = read_units(data, start, start + self.source_size, self.source)
         if units >= len(self.prefixes):
             raise CodecError(self.number, 0, f"{units} units, at most "
                              f"{len(self.prefixes) - 1} towards {self.target_name}")
@@ -209,22 +210,28 @@ def _bcd_fixed(spec: FieldSpec | None, digits: int) -> bool:
             and spec.max_len == digits)
 
 
-# What the acquirer's message carries, field by field (how each is made; `_plan`).
-_RAW, _PREFIX, _CONST, _WHEN93, _ICC, _VALUE = range(6)
+# What the acquirer's message carries, piece by piece (how each is made; `_plan`).
+_SLICE, _PREFIX, _CONST, _WHEN93, _ICC, _VALUE = range(6)
+# ISO 93's YYMMDDhhmmss starts with the year: its BCD byte, by year of the century.
+_YEAR_BYTES = tuple(bytes(((n // 10) << 4 | n % 10,)) for n in range(100))
 
 
 class _Plan:
     """How to build one acquirer request from one shape of terminal request (its MTI and
-    fields): the MTI and bitmap bytes, then one step per field, in wire order."""
+    fields): the MTI and bitmap bytes, then one step per piece, in wire order. A piece is
+    a run of fields copied as one slice (`_SLICE`: consecutive in both messages, the same
+    bytes in both profiles) or one field made another way. A step is (kind, anchor,
+    delta, end anchor, end delta, extra): positions as the request's layout has them, so
+    building reads `anchors[i] + delta` and nothing else."""
 
     __slots__ = ("head", "mti", "steps", "when93")
 
-    def __init__(self, head: bytes, mti: str, steps: tuple[tuple[int, int, Any], ...],
-                 when93: bool) -> None:
+    def __init__(self, head: bytes, mti: str, steps: tuple[tuple[Any, ...], ...],
+                 when93: tuple[int, int, int, int] | None) -> None:
         self.head = head
         self.mti = mti
         self.steps = steps
-        self.when93 = when93
+        self.when93 = when93  # (13's anchor, delta, 12's anchor, delta) when BCD-built
 
 
 _PLANS: dict[tuple[str, str, tuple[int, ...], str, str], _Plan] = {}
@@ -243,34 +250,49 @@ def _plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
 
 def _make_plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
     source, target = request.profile, get_profile(target_name)
-    present = set(request.numbers)
+    where = request.layout.where
+    numbers = request.numbers
+    present = set(numbers)
     iso93 = target_name == "iso93-binary"
     wanted = {n for n in _COPIED if n in present} | {12, 32}
     wanted |= {35, 55} & present
     if not iso93:
         wanted |= {13} | ({22, 25} & present)
     same = _same_wire(source.name, target_name)
-    when93 = iso93 and {12, 13} <= present and _bcd_fixed(source.specs[12], 6) \
+    bcd93 = iso93 and {12, 13} <= present and _bcd_fixed(source.specs[12], 6) \
         and _bcd_fixed(source.specs[13], 4) and _bcd_fixed(target.specs[12], 12)
-    steps: list[tuple[int, int, Any]] = []
+    steps: list[tuple[Any, ...]] = []
+    previous = None  # the source field copied last, while a slice is open
     for n in sorted(wanted):
         x, y = source.specs[n], target.specs[n]
         assert y is not None
+        if n in present:
+            anchor, delta, fixed = where[n][:3]
+            # The field's end, as (anchor, delta): a fixed field ends `fixed` bytes on, a
+            # variable one where the next anchor starts.
+            end = (anchor, delta + fixed) if fixed else (anchor + 1, 0)
         if n == 32:
-            steps.append((n, _CONST, target.encoders[32](acquirer_id)))  # type: ignore[misc]
-        elif n == 12 and when93:
-            steps.append((n, _WHEN93, None))
+            step: tuple[Any, ...] = (_CONST, 0, 0, 0, 0, target.encoders[32](acquirer_id))  # type: ignore[misc]
+        elif n == 12 and bcd93:
+            step = (_WHEN93, 0, 0, 0, 0, None)
         elif n == 55 and x is not None and x.sub == "cb-tlv" and y.data is Data.BINARY \
                 and y.sub in ("ber-tlv", None) and y.var:
-            steps.append((n, _ICC, _Reprefix(x, y, target_name)))
+            step = (_ICC, anchor, delta, *end, _Reprefix(x, y, target_name))
         elif n in (12, 13, 55) or x is None:
-            steps.append((n, _VALUE, None))
+            step = (_VALUE, 0, 0, 0, 0, n)
         elif n in same:
-            steps.append((n, _RAW, None))
+            if previous is not None and numbers.index(n) == numbers.index(previous) + 1:
+                steps[-1] = (*steps[-1][:3], *end, None)  # the open slice grows
+            else:
+                steps.append((_SLICE, anchor, delta, *end, None))
+            previous = n
+            continue
         elif _reprefixable(x, y):
-            steps.append((n, _PREFIX, _Reprefix(x, y, target_name)))
+            step = (_PREFIX, anchor, delta, *end, _Reprefix(x, y, target_name))
         else:
-            steps.append((n, _VALUE, None))
+            step = (_VALUE, 0, 0, 0, 0, n)
+        steps.append(step)
+        previous = None
     mti = "1" + request.mti[1:] if iso93 else request.mti
     bits = 0
     for n in wanted:
@@ -278,60 +300,61 @@ def _make_plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
     bitmap = bits.to_bytes(8, "big")
     head = (bytes.fromhex(mti) if target.mti_bcd else mti.encode(target.mti_encoding)) + (
         bitmap.hex().upper().encode() if target.bitmap_hex else bitmap)
-    return _Plan(head, mti, tuple(steps), when93)
-
-
-def _bcd_byte(value: int) -> bytes:
-    return bytes(((value // 10) << 4 | value % 10,))
+    when93 = (*where[13][:2], *where[12][:2]) if bcd93 else None
+    return _Plan(head, mti, tuple(steps), when93)  # type: ignore[arg-type]
 
 
 def to_acquirer(request: Message, acquirer: AcquirerSettings, now: datetime,
                 known: dict[int, Any] | None = None) -> tuple[bytes, Key]:
     """The acquirer's request for a terminal's 0100, and the key its answer will carry.
 
-    Built from raw slices (this runs for every authorization): fields both profiles encode
-    alike are copied, variable fields whose bodies agree get the target's length prefix,
-    ISO 93's YYMMDDhhmmss is the year's BCD byte before the terminal's own 13 and 12 bytes;
-    only the rest is converted and encoded. The steps for a shape of request are worked out
-    once (`_plan`). `known` holds fields the caller has already converted (11, 41, 55), so
-    they are not converted twice.
+    Built from raw slices (this runs for every authorization): runs of fields both profiles
+    encode alike are copied as one slice each, variable fields whose bodies agree get the
+    target's length prefix, ISO 93's YYMMDDhhmmss is the year's BCD byte before the
+    terminal's own 13 and 12 bytes; only the rest is converted and encoded. The steps for a
+    shape of request are worked out once (`_plan`). `known` holds fields the caller has
+    already converted (11, 41, 55), so they are not converted twice.
     """
     profile_name = acquirer.profile
     if profile_name == "cb2a":
         return request.wire, key_of(request, answer_mti(request.mti))
     known = known or {}
     plan = _plan(request, profile_name, acquirer.acquirer_id)
-    target = get_profile(profile_name)
-    encoders = target.encoders
-    parts: list[Any] = [plan.head]
+    data, anchors = request.wire, request.anchors
+    parts: list[bytes] = [plan.head]
     append = parts.append
-    mmdd = hhmmss = when = ""
-    for n, step, data in plan.steps:
-        if step == _RAW:
-            append(request.raw(n))
+    when = ""
+    for step, anchor, delta, last, last_delta, extra in plan.steps:
+        if step == _SLICE:
+            append(data[anchors[anchor] + delta:anchors[last] + last_delta])
         elif step == _CONST:
-            append(data)
-        elif step == _PREFIX:
-            raw = request.raw(n)
-            append(data.prefixes[data.units(raw)])
-            append(raw[data.source_size:])
-        elif step == _ICC:
-            icc = cb_raw_to_ber(request.raw(n)[data.source_size:])
-            if len(icc) >= len(data.prefixes):
-                raise CodecError(55, 0, f"{len(icc)} bytes of chip data, at most "
-                                 f"{len(data.prefixes) - 1} towards {profile_name}")
-            append(data.prefixes[len(icc)])
-            append(icc)
+            append(extra)
         elif step == _WHEN93:
-            when_wire = _bcd_byte(now.year % 100) + bytes(request.raw(13)) + bytes(
-                request.raw(12))
+            a13, d13, a12, d12 = plan.when93  # type: ignore[misc]
+            start13, start12 = anchors[a13] + d13, anchors[a12] + d12
+            when_wire = _YEAR_BYTES[now.year % 100] + data[start13:start13 + 2] + \
+                data[start12:start12 + 3]
             when = when_wire.hex()
             if not when.isdigit():
                 raise CodecError(12, 0, "local date/time is not BCD digits")
             append(when_wire)
+        elif step == _VALUE:
+            append(get_profile(profile_name).encoders[extra](  # type: ignore[misc]
+                _value(request, extra, known, now, profile_name)))
         else:
-            append(encoders[n](_value(request, n, known, now, profile_name)))  # type: ignore[misc]
-    if not plan.when93:
+            start = anchors[anchor] + delta
+            body = data[start + extra.source_size:anchors[last] + last_delta]
+            if step == _PREFIX:
+                append(extra.prefixes[extra.units(data, start)])
+                append(body)
+            else:  # _ICC
+                icc = cb_raw_to_ber(body)
+                if len(icc) >= len(extra.prefixes):
+                    raise CodecError(55, 0, f"{len(icc)} bytes of chip data, at most "
+                                     f"{len(extra.prefixes) - 1} towards {profile_name}")
+                append(extra.prefixes[len(icc)])
+                append(icc)
+    if plan.when93 is None:
         mmdd = request.get(13) or f"{now.month:02d}{now.day:02d}"
         hhmmss = request.get(12) or f"{now.hour:02d}{now.minute:02d}{now.second:02d}"
         when = f"{now.year % 100:02d}{mmdd}{hhmmss}" if profile_name == "iso93-binary" \
