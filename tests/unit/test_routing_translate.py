@@ -51,6 +51,38 @@ def test_raw_copied_fields_give_the_same_bytes_as_encoding_every_value(
         assert translate.ber_to_cb(pairs) == sent
 
 
+_FIELDS: dict[int, object] = {
+    2: "4970101234567893", 3: "000000", 11: "000123", 12: "163700", 13: "0124", 14: "3012",
+    18: "5411", 22: "051", 25: "00", 32: "49730030003", 35: "4970101234567893=30121011234",
+    37: "000000000012", 41: "TPE00001", 42: "1234567        ", 49: "978",
+    55: (("9F06", bytes.fromhex("A0000000421010")), ("DF80", b"x"), ("9F27", b"\x80")),
+}
+
+
+@given(st.sets(st.sampled_from(sorted(_FIELDS))), st.sampled_from(["0100", "0101", "0200"]),
+       st.sampled_from(["iso93-binary", "iso87-ascii"]))
+def test_any_shape_of_request_gives_the_values_it_carries(
+        present: set[int], mti: str, profile: str) -> None:
+    """Whatever fields a request has (so whichever runs are copied as one slice), the
+    acquirer's request is a well-formed message of its profile carrying the same values."""
+    values = {n: _FIELDS[n] for n in present} | {4: "000000001500"}
+    request = Message.parse(encode(CB2A, mti, values), CB2A)
+    wire, key = translate.to_acquirer(request, _acquirer(profile), NOW)
+    target = get_profile(profile)
+    out = Message.parse(wire, target)
+    assert wire == encode(target, out.mti, out.to_dict())
+    for n in (2, 3, 4, 11, 14, 35, 37, 41, 42, 49):
+        assert out.get(n) == request.get(n)
+    assert out.get(32) == "12345" and key == translate.key_of(out, translate.answer_mti(out.mti))
+    if profile == "iso93-binary":
+        assert out.get(12) == (f"26{request.get(13)}{request.get(12)}" if {12, 13} <= present
+                               else f"26{request.get(13) or '0124'}{request.get(12) or '163700'}")
+    if 55 in present:
+        icc = out.get(55)
+        pairs = translate.ber_decode(icc) if isinstance(icc, bytes) else icc
+        assert pairs == (("9F06", bytes.fromhex("A0000000421010")), ("9F27", b"\x80"))
+
+
 def test_a_reversal_shares_the_key_but_never_the_answer_mti() -> None:
     acquirer = _acquirer("iso93-binary")
     wire, key = translate.to_acquirer(_vector("0100-emv"), acquirer, NOW)
