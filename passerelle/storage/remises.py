@@ -1,7 +1,8 @@
 """The télécollecte writer: one remise (a terminal's daily batch) into PostgreSQL, once.
 
 A remise is stored in ONE transaction: its key row (terminal, contract, application, remise
-number) in `remise_keys`, its row in `remises`, its transactions by COPY. The key row's unique
+number) in `remise_keys`, its row in `remises`, its transactions by COPY — sent as one
+message, two round trips in all (see `_claim_and_copy`). The key row's unique
 index makes a repeated batch — a terminal that lost our 0516 sends the same remise again —
 report "already stored" and write nothing, even when the two copies race on two nodes: the
 second insert waits for the first transaction and then sees the conflict. `store` returns
@@ -18,13 +19,18 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
 
 import msgspec
 import psycopg
 import structlog
+from psycopg.abc import PQGen
+from psycopg.errors import error_from_result
+from psycopg.generators import execute, fetch_many, send
+from psycopg.pq import Escaping, ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGconn, PGresult
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from passerelle.storage.db import StorageError, translate_errors
@@ -280,12 +286,13 @@ def _check_transaction(where: str, remise: Remise, tx: RemiseTransaction,
 
 
 class _Context(NamedTuple):
-    """The terminal and contract a remise names, as the database knows them."""
+    """The terminal and contract a remise names, as the database knows them (an id is None
+    when the database does not know that terminal or contract)."""
 
-    terminal_id: int
+    terminal_id: int | None
     maker: str | None
     itp: str | None
-    contract_id: int
+    contract_id: int | None
     rang: str
     bank_code: str
     acquirer: str | None
@@ -294,61 +301,12 @@ class _Context(NamedTuple):
     siret: str | None
 
 
-_EXISTING = """
-SELECT k.id, r.status, r.is_correct, r.transaction_count
-  FROM remise_keys k
-  JOIN remises r ON r.id = k.id AND r.collected_at = k.collected_at
- WHERE k.terminal_serial = %s AND k.contract_number = %s AND k.application = %s
-   AND k.remise_number = %s
-"""
-
-_CONTEXT_COLUMNS = _Context._fields
-_REMISE_COLUMNS = (
-    "id", "collected_at", "terminal_id", "terminal_serial", "maker", "itp", "contract_id",
-    "contract_number", "rang", "bank_code", "application", "acquirer", "label", "trade_name",
-    "siret", "remise_number", "file_number", "ack_window", "currency",
-    *(f"declared_{name}" for name in RemiseTotals.__struct_fields__),
-    *RemiseTotals.__struct_fields__,
-    "transaction_count", "net_amount", "is_correct", "status", "spooled",
-)
-
-
-def _remise_source(column: str) -> str:
-    if column == "id":
-        return "claim.id"
-    if column in _CONTEXT_COLUMNS:
-        return f"ctx.{column}"
-    return f"%({column})s"
-
-
-# One round trip claims the remise: look up its terminal and contract, insert its key unless
-# it exists (waiting for a concurrent claimer to commit or roll back), insert its row if the
-# key was ours, and return the context plus the new id (NULL: unknown reference or repeat).
-# Built from the constant column lists above, no outside input.
-_CLAIM = f"""
-WITH ctx AS (
-  SELECT t.id AS terminal_id, t.maker, t.itp, c.id AS contract_id, c.rang, c.bank_code,
-         c.acquirer, c.label, COALESCE(c.trade_name, m.trade_name) AS trade_name,
-         COALESCE(c.siret, m.siret) AS siret
-    FROM (SELECT 1) AS one
-    LEFT JOIN terminals t ON t.serial = %(terminal_serial)s
-    LEFT JOIN contracts c ON c.contract_number = %(contract_number)s
-                         AND c.application = %(application)s
-    LEFT JOIN merchants m ON m.id = c.merchant_id
-), claim AS (
-  INSERT INTO remise_keys (terminal_serial, contract_number, application, remise_number,
-                           collected_at)
-  SELECT %(terminal_serial)s, %(contract_number)s, %(application)s, %(remise_number)s,
-         %(collected_at)s
-    FROM ctx WHERE ctx.terminal_id IS NOT NULL AND ctx.contract_id IS NOT NULL
-  ON CONFLICT (terminal_serial, contract_number, application, remise_number) DO NOTHING
-  RETURNING id
-), header AS (
-  INSERT INTO remises ({", ".join(_REMISE_COLUMNS)})
-  SELECT {", ".join(_remise_source(c) for c in _REMISE_COLUMNS)} FROM claim CROSS JOIN ctx
-)
-SELECT ctx.*, (SELECT id FROM claim) FROM ctx
-"""  # noqa: S608
+# The claim and the COPY of a remise go as ONE simple-protocol message (see `_store_once`):
+# "SELECT * FROM passerelle_claim_remise(...); COPY transactions ... FROM STDIN". Its result
+# columns, in order (migration 0008): remise_id, stored, stored_status, stored_correct,
+# stored_count, then the context every transaction row copies.
+_CLAIM = b"SELECT * FROM passerelle_claim_remise("
+_TOTALS = RemiseTotals.__struct_fields__
 
 # (column, PostgreSQL type for binary COPY). Per transaction first the fixed-size values,
 # then what is the same for the whole remise, then the text values: `copy_transactions`
@@ -375,6 +333,7 @@ COPY_TRANSACTIONS = (
     f"COPY transactions ({', '.join(c for c, _ in _TX_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
 COPY_TYPES = [t for _, t in _TX_COLUMNS]
+_COPY_STATEMENT = COPY_TRANSACTIONS.encode()
 _DIRECTION = {"purchase": "debit", "refund": "credit", "cancellation": "credit"}
 
 
@@ -465,7 +424,7 @@ def copy_transactions(
         _text(remise_state), _int4(remise.remise_number), _int4(remise.file_number),
         _text(remise.terminal_serial), _text(maker),  # type: ignore[arg-type]
         _int8(contract_id),  # type: ignore[arg-type]
-        *(_text(v) for v in (remise.contract_number, rang, bank_code,  # type: ignore[misc]
+        *(_text(v) for v in (remise.contract_number, rang, bank_code,  # type: ignore[misc,arg-type]
                              remise.application, label, trade_name, siret)),
     ))
     head, outcomes = _HEAD.pack, _OUTCOMES
@@ -523,63 +482,127 @@ class RemiseWriter:
         status = remise_status(remise.declared, computed, remise.currency)
         is_correct = status == STATUS_CORRECT
         key = remise.key
-        collected_at = remise.collected_at.astimezone(UTC)
-        async with self.pool.connection() as conn, conn.transaction():
-            params = {
-                **{f"declared_{k}": v
-                   for k, v in msgspec.structs.asdict(remise.declared).items()},
-                **msgspec.structs.asdict(computed),
-                "collected_at": collected_at,
-                "terminal_serial": remise.terminal_serial,
-                "contract_number": remise.contract_number,
-                "application": remise.application,
-                "remise_number": remise.remise_number,
-                "file_number": remise.file_number,
-                "ack_window": remise.ack_window,
-                "currency": remise.currency,
-                "transaction_count": len(remise.transactions),
-                # net: what the merchant is credited (cancellations undo purchases)
-                "net_amount": computed.purchases_amount - computed.refunds_amount
-                - computed.cancellations_amount,
-                "is_correct": is_correct,
-                "status": status,
-                "spooled": spooled,
-            }
-            row = await (await conn.execute(_CLAIM, params)).fetchone()
-            assert row is not None  # FROM ctx always yields one row
-            context, remise_id = _Context(*row[:-1]), row[-1]
-            if context.terminal_id is None:
-                raise UnknownReference(f"unknown terminal {remise.terminal_serial!r}")
-            if context.contract_id is None:
-                raise UnknownReference(
-                    f"unknown contract {remise.contract_number!r} for application "
-                    f"{remise.application!r} (terminal {remise.terminal_serial!r})"
+        async with self.pool.connection() as conn:
+            pgconn = conn.pgconn
+            if pgconn.transaction_status != TransactionStatus.IDLE:
+                raise StorageError("a pooled connection was handed over inside a transaction")
+            encoding = conn.info.encoding
+            pgconn.send_query(_claim_and_copy(
+                Escaping(pgconn).escape_literal, encoding, remise, computed, status=status,
+                is_correct=is_correct, spooled=spooled))
+            # Round trip 1: the claim's row, then the server waits for the COPY data.
+            claim = _Claim.read(await conn.wait(execute(pgconn)), encoding)
+            payload = _EMPTY_COPY  # a repeat or an unknown reference: nothing to copy
+            if claim.stored and remise.transactions:
+                payload = copy_transactions(remise, claim.remise_id,
+                                            "correct" if is_correct else "difference",
+                                            claim.context)
+            # Round trip 2: the rows, then the implicit transaction's COMMIT, which
+            # PostgreSQL runs before it reports the COPY complete: COMMAND_OK here means
+            # the remise is committed (with the claim's rows, or nothing at all).
+            for result in await conn.wait(_finish_copy(pgconn, payload)):
+                if result.status != ExecStatus.COMMAND_OK:
+                    raise error_from_result(result, encoding=encoding)
+        if claim.context.terminal_id is None:
+            raise UnknownReference(f"unknown terminal {remise.terminal_serial!r}")
+        if claim.context.contract_id is None:
+            raise UnknownReference(
+                f"unknown contract {remise.contract_number!r} for application "
+                f"{remise.application!r} (terminal {remise.terminal_serial!r})"
+            )
+        if not claim.stored:
+            if claim.stored_status is None:  # the key exists but its remise row was dropped
+                raise StorageError(
+                    f"remise {remise.remise_number} of {remise.terminal_serial!r} was stored "
+                    "before and has since been removed by retention"
                 )
-            if remise_id is None:
-                existing = await self._existing(conn, remise)
-                log.info("storage.remise_repeated", terminal=key[0], contract=key[1],
-                         application=key[2], remise=key[3], remise_id=existing.remise_id)
-                return existing
-            if remise.transactions:
-                payload = copy_transactions(
-                    remise, remise_id, "correct" if is_correct else "difference", context
-                )
-                async with conn.cursor().copy(COPY_TRANSACTIONS) as copy:
-                    await copy.write(payload)  # one buffer: the remise's rows, encoded
+            log.info("storage.remise_repeated", terminal=key[0], contract=key[1],
+                     application=key[2], remise=key[3], remise_id=claim.remise_id)
+            return StoreOutcome(claim.remise_id, False, claim.stored_status,
+                                claim.stored_correct, claim.stored_count)
         # One line per remise on the hot path: the caller that logs the outcome (the
         # dialogue, through RemiseSink) says so with `logged`, and this one is debug.
         (log.debug if logged else log.info)(
             "storage.remise_stored", terminal=key[0], contract=key[1], application=key[2],
-            remise=key[3], remise_id=remise_id, transactions=len(remise.transactions),
+            remise=key[3], remise_id=claim.remise_id, transactions=len(remise.transactions),
             status=status, spooled=spooled)
-        return StoreOutcome(remise_id, True, status, is_correct, len(remise.transactions))
+        return StoreOutcome(claim.remise_id, True, status, is_correct,
+                            len(remise.transactions))
 
-    @staticmethod
-    async def _existing(conn: psycopg.AsyncConnection, remise: Remise) -> StoreOutcome:
-        row = await (await conn.execute(_EXISTING, remise.key)).fetchone()
-        if row is None:  # the key exists but its remise row was dropped by retention
-            raise StorageError(
-                f"remise {remise.remise_number} of {remise.terminal_serial!r} was stored "
-                "before and has since been removed by retention"
-            )
-        return StoreOutcome(row[0], False, row[1], row[2], row[3])
+
+# -- the claim and the COPY in one message -----------------------------------------------------
+# Round trips per remise: 2 (claim + COPY start; rows + COMMIT). A simple-protocol message
+# with several statements runs them as one implicit transaction: an error anywhere (the claim,
+# a row) rolls all of it back and the rest is not run, a success commits before the last
+# statement's completion is reported. The claim's values are therefore literals (escaped by
+# libpq for this connection), not parameters: the extended protocol takes one statement per
+# message, and psycopg's copy() one statement, so the message is driven through libpq here.
+# psycopg's own non-blocking steps (`execute`, `send`, `fetch_many`) drive it, and
+# `conn.wait` runs them on the event loop as psycopg does for its own queries.
+_EMPTY_COPY = _SIGNATURE + _TRAILER
+
+
+def _claim_and_copy(literal: Callable[[bytes], bytes], encoding: str, remise: Remise,
+                    computed: RemiseTotals, *, status: str, is_correct: bool,
+                    spooled: bool) -> bytes:
+    """The one message: `passerelle_claim_remise(...)` (migration 0008), then the COPY.
+    Integers are validated (`validate`) and formatted by Python; texts go through `literal`."""
+    declared, totals = remise.declared, computed
+    values = (
+        literal(remise.terminal_serial.encode(encoding)),
+        literal(remise.contract_number.encode(encoding)),
+        literal(remise.application.encode(encoding)),
+        b"%d" % remise.remise_number,
+        b"'%s'" % remise.collected_at.astimezone(UTC).isoformat().encode(),
+        b"%d" % remise.file_number, b"%d" % remise.ack_window, b"%d" % remise.currency,
+        b"'{%s}'" % b",".join(b"%d" % getattr(declared, name) for name in _TOTALS),
+        b"'{%s}'" % b",".join(b"%d" % getattr(totals, name) for name in _TOTALS),
+        b"%d" % len(remise.transactions),
+        # net: what the merchant is credited (cancellations undo purchases)
+        b"%d" % (totals.purchases_amount - totals.refunds_amount
+                 - totals.cancellations_amount),
+        b"true" if is_correct else b"false",
+        literal(status.encode(encoding)),
+        b"true" if spooled else b"false",
+    )
+    return b"".join((_CLAIM, b",".join(values), b"); ", _COPY_STATEMENT))
+
+
+class _Claim(NamedTuple):
+    """The claim's row (text format, as the simple protocol returns it)."""
+
+    remise_id: int
+    stored: bool
+    stored_status: str | None
+    stored_correct: bool
+    stored_count: int
+    context: _Context
+
+    @classmethod
+    def read(cls, results: list[PGresult], encoding: str) -> _Claim:
+        """From the results of round trip 1: the claim's row, then COPY_IN."""
+        claim = results[0]
+        if claim.status != ExecStatus.TUPLES_OK:
+            raise error_from_result(claim, encoding=encoding)
+        if len(results) != 2 or results[1].status != ExecStatus.COPY_IN:
+            raise StorageError("the server did not wait for the COPY after the claim")
+        (remise_id, stored, stored_status, stored_correct, stored_count, terminal_id, maker,
+         contract_id, rang, bank_code, label, trade_name, siret) = (
+            None if value is None else value.decode(encoding)
+            for value in (claim.get_value(0, column) for column in range(claim.nfields)))
+        return cls(
+            int(remise_id) if remise_id is not None else 0, stored == "t", stored_status,
+            stored_correct == "t", int(stored_count) if stored_count is not None else 0,
+            _Context(int(terminal_id) if terminal_id is not None else None, maker, None,
+                     int(contract_id) if contract_id is not None else None,
+                     rang, bank_code, None, label, trade_name, siret),  # type: ignore[arg-type]
+        )
+
+
+def _finish_copy(pgconn: PGconn, payload: bytes) -> PQGen[list[PGresult]]:
+    """Round trip 2 (a psycopg generator, for `conn.wait`): the COPY data and its end in
+    one flush, then every result to the end of the message."""
+    if pgconn.put_copy_data(payload) != 1 or pgconn.put_copy_end(None) != 1:
+        raise StorageError("libpq could not queue the COPY data")
+    yield from send(pgconn)
+    return (yield from fetch_many(pgconn))

@@ -11,6 +11,7 @@ import msgspec
 import psycopg
 import pytest
 
+from passerelle.storage.db import StorageError
 from passerelle.storage.fleet import upsert_terminal
 from passerelle.storage.pan import luhn_valid
 from passerelle.storage.remises import (
@@ -176,6 +177,80 @@ def test_unknown_terminal_or_contract_stores_nothing(db_dsn: str) -> None:
     with pytest.raises(UnknownReference, match="unknown contract '1234567' for application"):
         run_with_writer(db_dsn, lambda w: w.store(other_app))
     assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
+
+
+def test_names_with_quotes_and_backslashes_are_stored_as_sent(db_dsn: str) -> None:
+    # The claim travels as literals (one message with the COPY): whatever a terminal's
+    # identifiers hold, they are data, stored as they came, never SQL.
+    serial, contract = "TPE'0\\1", "12'; DROP TABLE remises; --"
+    with psycopg.connect(db_dsn) as conn:
+        (contract_id,) = conn.execute(
+            "INSERT INTO contracts (contract_number, application, bank_code, label)"
+            " VALUES (%s, 'CBEMV', '10278', 'L''ÉTÉ \\ CAFÉ') RETURNING id", (contract,)
+        ).fetchone()
+        upsert_terminal(conn, serial, contract_id)
+        conn.commit()
+    remise = msgspec.structs.replace(make_remise(transactions=3), terminal_serial=serial,
+                                     contract_number=contract)
+
+    outcome = run_with_writer(db_dsn, lambda w: w.store(remise))
+    again = run_with_writer(db_dsn, lambda w: w.store(remise))
+
+    assert outcome.stored and not again.stored and again.remise_id == outcome.remise_id
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT terminal_serial, contract_number, label FROM transactions"
+        ).fetchall()
+        header = conn.execute("SELECT terminal_serial, contract_number FROM remises").fetchall()
+    assert rows == [(serial, contract, "L'ÉTÉ \\ CAFÉ")]
+    assert header == [(serial, contract)]
+
+
+def test_a_row_the_database_refuses_leaves_nothing_and_the_remise_stores_later(
+    db_dsn: str,
+) -> None:
+    # Claim, remise row and COPY are one transaction: a refused row undoes the claim too,
+    # so the terminal's next try is not taken for a repeat of a remise never stored.
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=30, seed=5)
+    victim = remise.transactions[17].amount
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute(f"ALTER TABLE transactions ADD CONSTRAINT test_refuse CHECK "
+                     f"(amount <> {victim})")
+        conn.commit()
+
+    async def failing_then_next(writer: RemiseWriter) -> object:
+        with pytest.raises(StorageError, match="test_refuse"):
+            await writer.store(remise)
+        # the pooled connection is usable again at once
+        return await writer.store(make_remise(remise_number=2, transactions=2))
+
+    other = run_with_writer(db_dsn, failing_then_next, size=1)
+
+    assert other.stored
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys WHERE remise_number = 1") == 0
+    assert _count(db_dsn, "SELECT count(*) FROM remises WHERE remise_number = 1") == 0
+    assert _count(db_dsn, "SELECT count(*) FROM transactions WHERE remise_number = 1") == 0
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("ALTER TABLE transactions DROP CONSTRAINT test_refuse")
+        conn.commit()
+    later = run_with_writer(db_dsn, lambda w: w.store(remise))
+    assert later.stored
+    assert _count(db_dsn, "SELECT count(*) FROM transactions WHERE remise_number = 1") == 30
+
+
+def test_a_repeat_of_a_remise_removed_by_retention_is_an_error(db_dsn: str) -> None:
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=2)
+    run_with_writer(db_dsn, lambda w: w.store(remise))
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("DELETE FROM transactions")
+        conn.execute("DELETE FROM remises")  # what dropping its partition does
+        conn.commit()
+
+    with pytest.raises(StorageError, match="removed by retention"):
+        run_with_writer(db_dsn, lambda w: w.store(remise))
+    assert _count(db_dsn, "SELECT count(*) FROM remises") == 0
 
 
 def test_bad_remise_is_refused_with_the_field_named(db_dsn: str) -> None:
