@@ -55,11 +55,21 @@ class Deadlines:
     def __len__(self) -> int:
         return sum(1 for entry in self._queue if entry.active)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, asked of asyncio only while nothing is queued (or the loop we
+        had is closed): on Python 3.11 every `get_running_loop()` is a getpid() system
+        call, and a busy queue means the loop has not changed."""
+        loop = self._loop
+        if loop is None or not self._queue or loop.is_closed():
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:  # first use, or a new loop (tests): nothing carries over
+                self._loop, self._timer = loop, None
+                self._queue.clear()
+        return loop
+
     def add(self, when: float, callback: Callable[..., Any], *args: Any) -> Cancellable:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new loop (tests): nothing carries over
-            self._loop, self._timer = loop, None
-            self._queue.clear()
+        loop = self.loop
         queue = self._queue
         if queue and when < queue[-1].when:
             return loop.call_at(when, callback, *args)  # out of order: a timer of its own

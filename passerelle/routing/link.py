@@ -35,7 +35,7 @@ from passerelle.codecs.profiles import get_profile
 from passerelle.routing import translate
 from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout
 from passerelle.routing.metrics import RoutingMetrics
-from passerelle.routing.mux import Key, Mux
+from passerelle.routing.mux import DuplicateKey, Key, Mux
 from passerelle.routing.settings import AcquirerSettings
 
 _log = structlog.get_logger("passerelle.routing")
@@ -81,7 +81,8 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.framer = LengthPrefixFramer(link.settings.framing, link.settings.max_frame)
         self._out: list[bytes] = []
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()  # asked once: a system call on 3.11
+        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -105,7 +106,7 @@ class _Wire(asyncio.Protocol):
     def write(self, wire: bytes) -> None:
         """Queue a frame; frames written in one loop iteration leave in one send()."""
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(self.framer.frame(wire))
 
     def _flush(self) -> None:
@@ -116,6 +117,43 @@ class _Wire(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class _Sent:
+    """`AcquirerLink.send`'s waiter in the MUX: what `request` does after its `await`,
+    called by the MUX at once (answer, link lost, timeout), with no task to wake."""
+
+    __slots__ = ("arg", "finished", "function", "mux", "timer")
+
+    def __init__(self, mux: Mux, function: Any, arg: Any) -> None:
+        self.mux = mux
+        self.function = function
+        self.arg = arg
+        self.finished = False
+        self.timer: Any = None
+
+    def done(self) -> bool:
+        return self.finished
+
+    def _end(self) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.mux.release()
+
+    def set_result(self, answer: Message) -> None:
+        self._end()
+        self.function(self.arg, answer, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._end()
+        if isinstance(error, LinkDown):
+            error = LinkLost(str(error))  # it was sent: the acquirer may have decided
+        self.function(self.arg, None, error)
+
+    def cancel(self) -> bool:  # abandoned: nobody is told
+        self._end()
+        return True
 
 
 class AcquirerLink:
@@ -208,6 +246,32 @@ class AcquirerLink:
                          stan=key[2])
             raise LinkTimeout(f"acquirer {self.name}: answer with a missing or bad MAC")
         return answer
+
+    def send(self, wire: bytes, key: Key, timeout: float, function: Any, arg: Any) -> bool:
+        """`request` without a coroutine, for a caller that continues from a callback.
+
+        False, with nothing sent, when that cannot be done at once (link down, a MAC to
+        compute, no free window slot): the caller takes `request` instead. Otherwise `wire`
+        leaves and exactly one `function(arg, answer, None)` or `function(arg, None, error)`
+        follows, `error` being LinkLost (sent, then the link died) or LinkTimeout (no answer
+        within `timeout`), as `request` raises them. DuplicateKey: not sent.
+        """
+        conn = self._wire
+        if self.state != "up" or conn is None or self.settings.mac_key is not None:
+            return False
+        mux = self.mux
+        if not mux.try_acquire():
+            return False
+        sent = _Sent(mux, function, arg)
+        try:
+            mux.expect(key, sent)
+        except DuplicateKey:
+            mux.release()
+            raise
+        conn.write(wire)
+        self._last_activity = time.monotonic()
+        sent.timer = mux.deadline(key, sent, timeout)
+        return True
 
     async def _mac(self, wire: bytes, key: str) -> bytes:
         """The request with its MAC; LinkDown (not sent) when the HSM cannot make it."""

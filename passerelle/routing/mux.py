@@ -30,7 +30,7 @@ class Mux:
     def __init__(self, window: int) -> None:
         self.window = window
         self.in_flight = 0
-        self._pending: dict[Key, asyncio.Future[Any]] = {}
+        self._pending: dict[Key, Any] = {}  # futures, or `expect`'s waiters
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._answered: OrderedDict[Key, None] = OrderedDict()
         self._abandoned: OrderedDict[Key, None] = OrderedDict()
@@ -72,11 +72,13 @@ class Mux:
                 return
         self.in_flight -= 1
 
-    def expect(self, key: Key) -> asyncio.Future[Any]:
-        """A future completed by the answer carrying `key`."""
+    def expect(self, key: Key, waiter: Any = None) -> Any:
+        """A future completed by the answer carrying `key`; or `waiter`, any object with a
+        future's `done`, `set_result`, `set_exception` and `cancel`, called at once where a
+        future would wake a task later (`AcquirerLink.send`: no task, no future)."""
         if key in self._pending:
             raise DuplicateKey(f"a request with key {key} is already in flight")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future = waiter if waiter is not None else self._deadlines.loop.create_future()
         self._pending[key] = future
         self._abandoned.pop(key, None)
         self._answered.pop(key, None)
@@ -86,8 +88,8 @@ class Mux:
         """Complete the request waiting for `key`: "matched", or the kind of stray it is."""
         future = self._pending.pop(key, None)
         if future is not None and not future.done():
+            _remember(self._answered, key)  # first: a waiter may run its requester now
             future.set_result(answer)
-            _remember(self._answered, key)
             return "matched"
         if key in self._abandoned:
             kind = "late"
@@ -111,9 +113,9 @@ class Mux:
         keys = list(self._pending)
         for key in keys:
             future = self._pending.pop(key)
+            _remember(self._abandoned, key)
             if not future.done():
                 future.set_exception(LinkDown(reason))
-            _remember(self._abandoned, key)
         return keys
 
     async def wait(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Any:
@@ -134,8 +136,8 @@ class Mux:
     def deadline(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Cancellable:
         """LinkTimeout into `future` after `timeout` unless the returned handle is cancelled
         first (`wait` without its coroutine, for a caller that awaits `future` itself)."""
-        return self._deadlines.add(asyncio.get_running_loop().time() + timeout, self._expire,
-                                   key, future, timeout)
+        deadlines = self._deadlines
+        return deadlines.add(deadlines.loop.time() + timeout, self._expire, key, future, timeout)
 
     def _expire(self, key: Key, future: asyncio.Future[Any], timeout: float) -> None:
         if self._pending.get(key) is future:
