@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from passerelle.codecs.framing import WireError
 from passerelle.codecs.proxy_v2 import ProxyHeaderError, parse_proxy_header
-from passerelle.switchd.dispatch import SessionContext
+from passerelle.switchd.dispatch import Later, SessionContext
 from passerelle.switchd.tls import TLSError, TLSLayer
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Connection(asyncio.Protocol):
         self.tls: TLSLayer | None = None
         self._proxy_buf: bytearray | None = None
         self.context: SessionContext | None = None
-        self._inflight: asyncio.Future[Any] | None = None
+        self._inflight: asyncio.Future[Any] | Later | None = None
         self._handle = listener.daemon.dispatcher.handle  # looked up once, not per message
         self._queue: deque[bytes] = deque()
         self._reading_paused = False
@@ -214,6 +214,11 @@ class Connection(asyncio.Protocol):
             self.stack.no_answer()  # type: ignore[union-attr]
         elif isinstance(answer, bytes):
             self.stack.answer(answer)  # type: ignore[union-attr]
+        elif answer.__class__ is Later:  # settled from a callback: no task
+            self._inflight = answer
+            self.listener.daemon.inflight.add(answer)  # type: ignore[arg-type]
+            answer.listen(self._later_done)  # type: ignore[union-attr]
+            return
         else:
             self._start_dialogue(answer)
             return
@@ -346,6 +351,14 @@ class Connection(asyncio.Protocol):
             self._after_dialogue(answer, failed)
         if cancelled is not None:
             raise cancelled
+
+    def _later_done(self, answer: bytes | None, failed: bool) -> None:
+        """A `Later` dialogue settled: as `_dialogue` after its await (its errors were
+        logged and counted where it failed)."""
+        self.listener.daemon.inflight.discard(self._inflight)  # type: ignore[arg-type]
+        self._inflight = None
+        if not (self.closed or self.stack is None):
+            self._after_dialogue(answer, failed)
 
     def _after_dialogue(self, answer: bytes | None, failed: bool) -> None:
         assert self.stack is not None

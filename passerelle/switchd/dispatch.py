@@ -23,12 +23,13 @@ Until a dialogue exists, these rules apply (our choices, since CB2A is not publi
   an answer without risking a loop: it is logged, counted and dropped.
 
 A dialogue handler is `handler(message, context)` returning the answer bytes, None (no
-answer), or an awaitable of either; the session serialises messages, so a dialogue sees a
-terminal's messages in order.
+answer), an awaitable of either, or a `Later` it settles from a callback; the session
+serialises messages, so a dialogue sees a terminal's messages in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,8 +45,6 @@ Answer = bytes | None
 # A handler may also return (answer, result): `result` (the response code it chose) labels
 # the messages metric without parsing the answer again.
 Labelled = tuple[bytes | None, str]
-Handler = Callable[[Message, "SessionContext"],
-                   Answer | Labelled | Awaitable[Answer] | Awaitable[Labelled]]
 
 # Never echoed in a generated reject: sensitive (track data, PIN block) or request-only.
 _NOT_ECHOED = (35, 36, 45, 52, 55)
@@ -89,6 +88,67 @@ class SessionContext:
         if self.abort_code is None:
             self.abort_code = code
         self.busy = False
+
+
+class Later:
+    """An answer a dialogue gives later from a callback, not from a task.
+
+    The authorization's usual path is one acquirer round trip: a task, its coroutines and a
+    future to wake it cost more than the rest of that dialogue's glue. Its handler returns
+    a `Later` at once and calls `give(answer)` (bytes, None, or (bytes, result)) or
+    `fail(error)` exactly once; the dispatcher then counts it and turns a `CodecError` into
+    the format-error answer, as for an awaitable, and the session sends the answer
+    (`then(answer, failed)`, set by the session).
+    """
+
+    __slots__ = ("_dispatcher", "_message", "_settled", "context", "then")
+
+    def __init__(self) -> None:
+        self.then: Callable[[Answer, bool], None] | None = None
+        self.context: SessionContext | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._message: Message | None = None
+        self._settled: tuple[Answer, bool] | None = None
+
+    def _bind(self, dispatcher: Dispatcher, message: Message, context: SessionContext) -> None:
+        self._dispatcher, self._message, self.context = dispatcher, message, context
+
+    def listen(self, then: Callable[[Answer, bool], None]) -> None:
+        """The session's callback; called at once if the answer is already there."""
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            then(*settled)
+        else:
+            self.then = then
+
+    def give(self, answer: Answer | Labelled) -> None:
+        dispatcher, context = self._dispatcher, self.context
+        assert dispatcher is not None and context is not None and self._message is not None
+        self._done(dispatcher._count(self._message.mti, answer, context), False)
+
+    def fail(self, error: BaseException) -> None:
+        dispatcher, context, message = self._dispatcher, self.context, self._message
+        assert dispatcher is not None and context is not None
+        if isinstance(error, CodecError):
+            self._done(dispatcher._format_error(error, context, message), False)
+            return
+        if isinstance(error, asyncio.CancelledError):
+            context.log.warning("dialogue.cancelled")
+        else:
+            dispatcher.metrics.error("dialogue", "internal")
+            context.log.error("dialogue.failed", exc_info=error)
+        self._done(None, True)
+
+    def _done(self, answer: Answer, failed: bool) -> None:
+        then, self.then = self.then, None
+        if then is None:
+            self._settled = (answer, failed)
+        else:
+            then(answer, failed)
+
+
+Handler = Callable[[Message, SessionContext],
+                   Answer | Labelled | Awaitable[Answer] | Awaitable[Labelled] | Later]
 
 
 @functools.lru_cache(maxsize=512)
@@ -181,8 +241,10 @@ class Dispatcher:
     def profile(self, name: str) -> Any:
         return get_profile(name)
 
-    def handle(self, payload: bytes, context: SessionContext) -> Answer | Awaitable[Answer]:
-        """The answer to `payload` (bytes or None), or an awaitable of it for slow dialogues."""
+    def handle(self, payload: bytes, context: SessionContext
+               ) -> Answer | Awaitable[Answer] | Later:
+        """The answer to `payload` (bytes or None), or an awaitable of it or a `Later` for
+        slow dialogues."""
         try:
             message = _parse(payload, context.profile)
         except CodecError as error:
@@ -206,6 +268,9 @@ class Dispatcher:
             result = "answered"
         elif answer is None:
             result = "no_answer"
+        elif kind is Later:  # settled from a callback: counted then
+            answer._bind(self, message, context)  # type: ignore[union-attr]
+            return answer  # type: ignore[return-value]
         elif hasattr(answer, "__await__"):  # a coroutine, task, future: a slow dialogue
             return self._await(answer, message, context)  # type: ignore[arg-type]
         else:
