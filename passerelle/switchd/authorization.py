@@ -59,6 +59,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +84,7 @@ from passerelle.storage.db import StorageError
 from passerelle.storage.pan import PanHmacKey, luhn_valid, mask_pan, pan_hmac
 from passerelle.storage.saf import AesGcmSealer, HsmSealer, SafItem, SafStore
 from passerelle.storage.spool import Spool
+from passerelle.switchd.dispatch import Later
 
 log = structlog.get_logger("passerelle.auth")
 
@@ -306,6 +308,8 @@ class Authorizer:
         self.s = services
         auth = services.settings.authorization
         self._budget = auth.deadline - auth.margin  # settings are not reloaded
+        self._max_amount = auth.max_amount
+        self._min_attempt = auth.min_attempt
         self._currencies = frozenset(auth.currencies)
         self._deadlines = Deadlines()
         self._stand_in_numbers = itertools.count(1)
@@ -394,35 +398,57 @@ class Authorizer:
                  acquirer=found.acquirer)
 
     def __call__(self, message: Message, context: Any) -> Any:
-        """(answer, response code), awaitable: the dispatcher counts messages by the code
-        we chose."""
-        return self._authorize(message)
+        """(answer, response code) at once when nothing has to be awaited (a refusal), a
+        `Later` when the request went to an acquirer at once (`_at_once`), else an
+        awaitable of it: the dispatcher counts messages by the code we chose."""
+        state = _Attempt(message)
+        loop = self._deadlines.loop
+        state.deadline = loop.time() + self._budget
+        decided = self._check(message, state)
+        if decided is None:
+            known, info = self.s.directory.cached(state.terminal)
+            if not known:
+                return self._guarded(message, state, self._looked_up(message, state))
+            decided = self._admit(message, state, info)
+            if decided is None:
+                decided = self._at_once(message, state, loop)
+                if decided is None:  # no acquirer could take it at once: a task
+                    return self._guarded(message, state,
+                                         self._attempts(message, state, state.index))
+                if decided.__class__ is Later:
+                    return decided
+        return decided, state.code
 
     async def authorize(self, message: Message) -> bytes:
         """The 0110 for `message`, always before the deadline."""
         return (await self._authorize(message))[0]
 
     async def _authorize(self, message: Message) -> tuple[bytes, str]:
-        """`_decide` under the terminal's deadline.
+        """The whole dialogue as one coroutine (what `__call__` does, with no shortcut)."""
+        state = _Attempt(message)
+        state.deadline = self._deadlines.loop.time() + self._budget
+        return await self._guarded(message, state, self._decide(message, state))
+
+    async def _guarded(self, message: Message, state: _Attempt,
+                       decide: Coroutine[Any, Any, bytes]) -> tuple[bytes, str]:
+        """`decide` under the terminal's deadline.
 
         The deadline is an entry in one shared queue (`routing.deadlines`), not an
         `asyncio.timeout` per request: when it passes, the task is cancelled and the
         cancellation is turned into the 91 answer here, as `asyncio.timeout` would do.
         """
-        state = _Attempt()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget
+        deadline = state.deadline
         task = asyncio.current_task()
         if task is None:  # not in a task (never in switchd): a plain timeout
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self._decide(message, state, deadline), state.code
+                    return await decide, state.code
             except TimeoutError:
                 return self._overdue_answer(message, state), state.code
         cancelling = task.cancelling()
         timer = self._deadlines.add(deadline, _overdue, task, state)
         try:
-            return await self._decide(message, state, deadline), state.code
+            return await decide, state.code
         except asyncio.CancelledError:
             if not state.overdue or task.uncancel() > cancelling:
                 raise  # cancelled by someone else (shutdown)
@@ -435,8 +461,25 @@ class Authorizer:
             self.s.queue_saf(state.acquirer, "reversal", state.wire)
         return self._answer(message, state, "91")
 
-    async def _decide(self, message: Message, state: _Attempt, deadline: float) -> bytes:
-        settings = self.s.settings.authorization
+    async def _decide(self, message: Message, state: _Attempt) -> bytes:
+        decided = self._check(message, state)
+        if decided is not None:
+            return decided
+        return await self._looked_up(message, state)
+
+    async def _looked_up(self, message: Message, state: _Attempt) -> bytes:
+        """The rest of the dialogue once the request is valid: terminal, route, acquirers."""
+        directory = self.s.directory
+        known, info = directory.cached(state.terminal)
+        if not known:
+            info = await directory.lookup(state.terminal)
+        decided = self._admit(message, state, info)
+        if decided is not None:
+            return decided
+        return await self._attempts(message, state, 0)
+
+    def _check(self, message: Message, state: _Attempt) -> bytes | None:
+        """Card, expiry, amount and currency: the 0110 refusing the request, or None."""
         pan, expiry = _pan_and_expiry(message)
         state.pan, state.expiry = pan, expiry
         amount_text = message.get(4)
@@ -446,86 +489,183 @@ class Authorizer:
         state.currency = currency = int(message.get(49, "978"))
         if not luhn_valid(pan):
             return self._answer(message, state, "14")
-        now = datetime.now(UTC)
+        state.now = now = datetime.now(UTC)
         if expiry is None or _expired(expiry, now):
             return self._answer(message, state, "54")
-        if amount <= 0 or amount > settings.max_amount:
+        if amount <= 0 or amount > self._max_amount:
             return self._answer(message, state, "13")
         if currency not in self._currencies:
             return self._answer(message, state, "12")
-        terminal = str(message.get(41, "")).strip()
-        contract = str(message.get(42, "")).strip()
-        state.terminal, state.contract = terminal, contract
-        directory = self.s.directory
-        known_now, info = directory.cached(terminal)
-        if not known_now:
-            info = await directory.lookup(terminal)
-        if info is None or info.contract != contract or not info.active:
+        state.terminal = str(message.get(41, "")).strip()
+        state.contract = str(message.get(42, "")).strip()
+        return None
+
+    def _admit(self, message: Message, state: _Attempt, info: TerminalInfo | None) -> bytes | None:
+        """Terminal and contract known, application read, route found: None (and the
+        route's acquirers in `state.chain`), else the 0110 refusing the request."""
+        if info is None or info.contract != state.contract or not info.active:
             return self._answer(message, state, "03")
         icc = message.get(55)
-        stan = str(message.get(11, ""))
-        known = {2: pan, 11: stan, 55: icc, 41: terminal}
+        pan = state.pan
+        state.known = {2: pan, 11: str(message.get(11, "")), 55: icc, 41: state.terminal}
         state.application = application = read_application(message, pan, info.application,
                                                             icc)
-        route = self.s.router.match(application, pan, contract, currency)
+        route = self.s.router.match(application, pan, state.contract, state.currency or 0)
         if route is None:
             return self._answer(message, state, "92")
-        loop = asyncio.get_running_loop()
-        links = self.s.links
-        for name in route.acquirers:
+        state.chain = route.acquirers
+        return None
+
+    def _at_once(self, message: Message, state: _Attempt,
+                 loop: asyncio.AbstractEventLoop) -> bytes | Later | None:
+        """The usual case with no task: the first acquirer of the chain that can take the
+        request now gets it (`AcquirerLink.send`), and its answer is handled in
+        `_on_reply`; the 0110 when it is decided here (94); None when a step has to be
+        awaited (PIN translation, MAC, a full window) or stand-in is next: `_attempts`
+        goes on from `state.index` with the same steps as this."""
+        deadline, chain, links = state.deadline, state.chain, self.s.links
+        for index, name in enumerate(chain):
+            state.index = index
             left = deadline - loop.time()
-            if left < settings.min_attempt:
+            if left < self._min_attempt:
+                state.index = len(chain)
+                return None
+            link = links.get(name)
+            if link is None or not link.up:
+                continue
+            acquirer = link.settings
+            try:
+                wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
+            except CodecError as error:
+                log.warning("auth.untranslatable", acquirer=name, field=error.field,
+                            reason=error.reason)
+                continue
+            if 52 in message and self.s.hsm is not None:
+                return None
+            state.acquirer, state.wire, state.link, state.key = acquirer, wire, link, key
+            state.sent = loop.time()
+            timeout = acquirer.response_timeout
+            try:
+                if not link.send(wire, key, timeout if timeout < left else left,
+                                 self._on_reply, state):
+                    return None
+            except DuplicateKey:
+                state.wire = None
+                return self._answer(message, state, "94")
+            state.later = later = Later()
+            return later
+        state.index = len(chain)
+        return None
+
+    def _on_reply(self, state: _Attempt, answer: Message | None,
+                  error: BaseException | None) -> None:
+        """`_at_once`'s acquirer answered (or the link was lost, or timed out): the 0110,
+        or the rest of the chain and stand-in in a task. Runs in the link's read callback:
+        whatever goes wrong goes to the `Later`, nothing is raised."""
+        later = state.later
+        assert later is not None and state.link is not None
+        try:
+            decided = self._settle(state, answer, error)
+            if decided is None:
+                self._resume(state)
+                return
+        except Exception as failure:  # a CodecError or a bug: the dispatcher's to answer
+            later.fail(failure)
+            return
+        later.give((decided, state.code))
+
+    def _resume(self, state: _Attempt) -> None:
+        """Failover from a callback: the rest of the chain as a task, under the deadline."""
+        message, later = state.message, state.later
+        assert later is not None
+        if self._deadlines.loop.time() >= state.deadline:
+            later.give((self._overdue_answer(message, state), state.code))
+            return
+
+        async def rest() -> None:
+            try:
+                result = await self._guarded(message, state,
+                                             self._attempts(message, state, state.index + 1))
+            except BaseException as error:  # handed to the dispatcher, as for a Later
+                later.fail(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                return
+            later.give(result)
+
+        task = asyncio.create_task(rest())
+        self.s.background.add(task)
+        task.add_done_callback(self.s.background.discard)
+
+    def _settle(self, state: _Attempt, answer: Message | None,
+                error: BaseException | None) -> bytes | None:
+        """After the request to `state.link`: the 0110 when the acquirer decided, else None
+        (next acquirer), with a reversal queued when it may have approved (sent, then the
+        link died or no answer came; or an answer we cannot read)."""
+        message, link, key, wire = state.message, state.link, state.key, state.wire
+        assert link is not None and wire is not None
+        acquirer, name = link.settings, link.name
+        if error is not None:
+            if isinstance(error, LinkLost | LinkTimeout):
+                self.s.queue_saf(acquirer, "reversal", wire)
+            state.wire = None
+            log.info("auth.failover", acquirer=name, reason=str(error))
+            return None
+        assert answer is not None
+        self.s.metrics.observe(name, self._deadlines.loop.time() - state.sent)
+        try:
+            outcome = translate.from_acquirer(answer, acquirer)
+        except CodecError as failure:
+            self.s.queue_saf(acquirer, "reversal", wire)
+            state.wire = None
+            log.warning("auth.bad_acquirer_answer", acquirer=name, reason=failure.reason)
+            return None
+        state.wire = None
+        if outcome.code in _APPROVED:
+            state.acquirer_time = key[3]
+            self._remember(state, state.known[11], acquirer, wire)
+        return self._answer(message, state, outcome.code, approval=outcome.approval,
+                            issuer_data=outcome.issuer_data, additional=outcome.additional)
+
+    async def _attempts(self, message: Message, state: _Attempt, start: int) -> bytes:
+        """The route's acquirers from `start` on, in order, then stand-in."""
+        loop = asyncio.get_running_loop()
+        deadline, chain, links = state.deadline, state.chain, self.s.links
+        for name in chain[start:]:
+            left = deadline - loop.time()
+            if left < self._min_attempt:
                 break
             link = links.get(name)
             if link is None or not link.up:
                 continue
             acquirer = link.settings
             try:
-                wire, key = translate.to_acquirer(message, acquirer, now, known)
+                wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
             except CodecError as error:
                 log.warning("auth.untranslatable", acquirer=name, field=error.field,
                             reason=error.reason)
                 continue
             if 52 in message and self.s.hsm is not None:
-                translated = await self._pin_for(message, acquirer, wire, pan)
+                translated = await self._pin_for(message, acquirer, wire, state.pan)
                 if translated is None:
                     continue
                 wire = translated
-            state.acquirer, state.wire = acquirer, wire
-            sent = loop.time()
+            state.acquirer, state.wire, state.link, state.key = acquirer, wire, link, key
+            state.sent = loop.time()
             timeout = acquirer.response_timeout
+            error: BaseException | None = None
+            answer: Message | None = None
             try:
                 answer = await link.request(wire, key, timeout if timeout < left else left)
             except DuplicateKey:
                 state.wire = None
                 return self._answer(message, state, "94")
-            except LinkDown as error:
-                if isinstance(error, LinkLost):
-                    self.s.queue_saf(acquirer, "reversal", wire)
-                state.wire = None
-                log.info("auth.failover", acquirer=name, reason=str(error))
-                continue
-            except LinkTimeout as error:
-                self.s.queue_saf(acquirer, "reversal", wire)
-                state.wire = None
-                log.info("auth.failover", acquirer=name, reason=str(error))
-                continue
-            self.s.metrics.observe(name, loop.time() - sent)
-            try:
-                outcome = translate.from_acquirer(answer, acquirer)
-            except CodecError as error:
-                self.s.queue_saf(acquirer, "reversal", wire)
-                state.wire = None
-                log.warning("auth.bad_acquirer_answer", acquirer=name, reason=error.reason)
-                continue
-            state.wire = None
-            if outcome.code in _APPROVED:
-                state.acquirer_time = key[3]
-                self._remember(state, stan, acquirer, wire)
-            return self._answer(message, state, outcome.code, approval=outcome.approval,
-                                issuer_data=outcome.issuer_data,
-                                additional=outcome.additional)
-        return await self._stand_in(message, state, route.acquirers, deadline, now)
+            except (LinkDown, LinkTimeout) as failure:
+                error = failure
+            decided = self._settle(state, answer, error)
+            if decided is not None:
+                return decided
+        return await self._stand_in(message, state, chain, deadline, state.now)
 
     async def _pin_for(self, message: Message, acquirer: AcquirerSettings, wire: bytes,
                        pan: str) -> bytes | None:
@@ -630,14 +770,19 @@ def _overdue(task: asyncio.Task[Any], state: _Attempt) -> None:
 
 
 class _Attempt:
-    """What one authorization learned so far (for the answer, the log and a reversal)."""
+    """What one authorization learned so far (for the answer, the log and a reversal), and
+    where it stands (the acquirer it waits for, as `_on_reply` needs it)."""
 
-    __slots__ = ("acquirer", "acquirer_time", "amount", "application", "code", "contract",
-                 "currency", "expiry", "overdue", "pan", "stand_in", "started", "terminal",
-                 "wire")
+    __slots__ = ("acquirer", "acquirer_time", "amount", "application", "chain", "code",
+                 "contract", "currency", "deadline", "expiry", "index", "key", "known",
+                 "later", "link", "message", "now", "overdue", "pan", "sent", "stand_in",
+                 "started", "terminal", "wire")
 
-    def __init__(self) -> None:
+    def __init__(self, message: Message) -> None:
+        self.message = message
         self.started = time.monotonic()
+        self.deadline = 0.0  # loop time by which the terminal has its answer
+        self.now: datetime = _EPOCH  # when the request was checked
         self.pan = ""
         self.expiry: str | None = None
         self.amount: int | None = None
@@ -645,12 +790,22 @@ class _Attempt:
         self.terminal = ""
         self.contract = ""
         self.application: str | None = None
+        self.known: dict[int, Any] = {}  # fields already converted (translate.to_acquirer)
+        self.chain: tuple[str, ...] = ()  # the route's acquirers
+        self.index = 0  # the one being tried
         self.acquirer: AcquirerSettings | None = None
+        self.link: AcquirerLink | None = None
+        self.key: Any = None  # its MUX key
+        self.sent = 0.0  # loop time the request left
+        self.later: Later | None = None
         self.acquirer_time = ""  # the time part of the approved request's key
         self.wire: bytes | None = None
         self.stand_in = False
         self.overdue = False
         self.code = ""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _pan_hasher(hsm: Any, pan_key: PanHmacKey | None) -> Any:

@@ -119,6 +119,32 @@ def test_format_error_names_the_field(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_request_repeated_while_in_flight_is_answered_94_once(tmp_path: Path) -> None:
+    """Two sessions of one terminal send the same request (terminal, STAN, date/time) while
+    the acquirer holds the first: the repeat gets 94 at once, counted against the acquirer
+    it would have gone to, and the first is still answered by the acquirer."""
+    async def scenario() -> None:
+        rules = {"acq-a": Rules(latency=0.3), "acq-b": Rules()}
+        async with auth_stack(tmp_path, rules=rules) as stack:
+            first = asyncio.create_task(_ask(stack.port, auth_request(stan=7)))
+            while stack.services.links["acq-a"].mux.in_flight == 0:
+                await asyncio.sleep(0.005)
+            started = time.monotonic()
+            (repeat,) = await _ask(stack.port, auth_request(stan=7))
+            assert repeat.get(39) == "94" and time.monotonic() - started < 0.25
+            (original,) = await first
+            assert original.get(39) == "00" and original.get(38) == "100001"
+            assert stack.sims["acq-a"].requests["1100"] == 1
+            assert stack.sims["acq-b"].requests["1100"] == 0
+            counted = generate_latest(stack.daemon.metrics.registry).decode()
+            assert 'switchd_messages_total{mti="0100",result="94"} 1.0' in counted
+            counted = generate_latest(stack.services.metrics.registry).decode()
+            assert ('passerelle_authorizations_total{acquirer="acq-a",application="CBEMV",'
+                    'result="94"} 1.0') in counted
+
+    run(scenario())
+
+
 def test_failover_to_the_next_acquirer_then_stand_in(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with auth_stack(tmp_path) as stack:
