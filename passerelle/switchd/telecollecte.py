@@ -80,7 +80,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -128,7 +128,8 @@ _WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
           82: 12, 83: 12, 84: 12, 85: 12, 86: 16, 87: 16, 88: 16, 89: 16}
 _OPERATIONS = {"00": "purchase", "20": "refund"}
 # What a 0246 is read for, in one `Message.pick`: 71 first (order), then the transaction.
-_TX_FIELDS = (71, 2, 3, 4, 11, 12, 13, 14, 37, 38, 39, 47, 49, 55)
+# 47 (issuer, product) and 55 (AID) are read through `_Subfields`.
+_TX_FIELDS = (71, 2, 3, 4, 11, 12, 13, 14, 37, 38, 39, 49)
 _MAX_FILES_PER_SESSION = 64
 _LOOKUP_TIMEOUT = 2.0
 _KNOWN_FOR = 60.0
@@ -234,6 +235,9 @@ class _File:
     window: int
     transactions: list[RemiseTransaction] = field(default_factory=list)
     last_acknowledged: int = 0
+    # `_local_clock` of the services' clock, read again at the first 0246 of each window:
+    # a day's slack makes a clock some seconds old as good, at one read per window.
+    clock: tuple[int, datetime] = (0, datetime.min.replace(tzinfo=UTC))
 
 
 @dataclass
@@ -323,12 +327,24 @@ def _paris_wall_clock(now: datetime) -> datetime:
     return now + offset
 
 
+def _local_clock(now: datetime) -> tuple[int, datetime]:
+    """What dating a local time needs of `now`: the Paris year, and the latest wall-clock
+    time accepted (a day ahead: a terminal's clock may run a little fast)."""
+    local_now = _paris_wall_clock(now)
+    return local_now.year, local_now + _DAY
+
+
 def _local_time_of(hms: str | None, mmdd: str | None, now: datetime) -> datetime | None:
     """`_local_time` from the two fields' values."""
+    return _local_time_at(hms, mmdd, _local_clock(now))
+
+
+def _local_time_at(hms: str | None, mmdd: str | None,
+                   clock: tuple[int, datetime]) -> datetime | None:
+    """`_local_time_of` with the clock of `_local_clock` (a file's 0246s share one)."""
     if hms is None or mmdd is None:
         return None
-    local_now = _paris_wall_clock(now)
-    limit = local_now + _DAY
+    this_year, limit = clock
     try:
         digits = mmdd + hms
         if len(mmdd) != 4 or len(hms) != 6 or not digits.isdigit():
@@ -336,7 +352,7 @@ def _local_time_of(hms: str | None, mmdd: str | None, now: datetime) -> datetime
         value = int(digits)  # MMDDhhmmss: one int() and arithmetic, not five slices
         month, day = value // 100_000_000, value // 1_000_000 % 100
         hour, minute, second = value // 10_000 % 100, value // 100 % 100, value % 100
-        for year in (local_now.year, local_now.year - 1):
+        for year in (this_year, this_year - 1):
             at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)  # wall clock
             if at <= limit:
                 return at - _paris_offset(year, month, day, hour)
@@ -381,6 +397,81 @@ def _declared_totals(message: Message) -> RemiseTotals:
             raw = message.get(number)
             values[f"{kind}_{suffix}"] = int(raw) if raw is not None else 0
     return RemiseTotals(**values)
+
+
+class _Subfields:
+    """Fields 47 (issuer, product) and 55 (AID) of 0246s, read once per distinct value.
+
+    A few issuers, products and AIDs come back in every file, so what a field's bytes
+    (length prefix included) mean is kept, per profile, and a 0246 costs a slice and a
+    dict lookup instead of a sub-element decoding. The same bytes decode to the same
+    values: a field the codec refuses is never kept, and raises as it did the first time.
+    Bounded whatever terminals send (cleared when full)."""
+
+    __slots__ = ("_aids", "_profile", "_tags")
+    _MAX = 4096
+    # By the profile's id (a profile's own hash walks its whole table), the profile kept
+    # alongside so that the id cannot be reused while the entry lives.
+    _BY_PROFILE: ClassVar[dict[int, _Subfields]] = {}
+
+    def __init__(self, profile: object) -> None:
+        self._profile = profile
+        self._tags: dict[bytes, tuple[str | None, str | None]] = {}
+        self._aids: dict[bytes, str | None] = {}
+
+    @classmethod
+    def of(cls, message: Message) -> _Subfields:
+        profile = message.profile
+        found = cls._BY_PROFILE.get(id(profile))
+        if found is None or found._profile is not profile:
+            found = cls._BY_PROFILE[id(profile)] = cls(profile)
+        return found
+
+    def read(self, message: Message) -> tuple[str | None, str | None, str | None]:
+        """Issuer and product (field 47's first IS and PR tags, at most 64 characters) and
+        AID (field 55's tag 9F06, in hexadecimal)."""
+        layout, anchors, wire = message.layout, message.anchors, message.wire
+        issuer = product = aid = None
+        if 47 in layout.where:
+            start, _, end = layout.span(anchors, 47)
+            raw = wire[start:end]
+            found = self._tags.get(raw)
+            if found is None:
+                found = self._tags_of(message, raw)
+            issuer, product = found
+        if 55 in layout.where:
+            start, _, end = layout.span(anchors, 55)
+            raw = wire[start:end]
+            aid = self._aids.get(raw, _UNSEEN)
+            if aid is _UNSEEN:
+                aid = self._aid_of(message, raw)
+        return issuer, product, aid  # type: ignore[return-value]
+
+    def _tags_of(self, message: Message, raw: bytes) -> tuple[str | None, str | None]:
+        issuer = product = None
+        for tag, value in message.get(47) or ():
+            if tag == "IS" and issuer is None:
+                issuer = value.strip()[:64] or None
+            elif tag == "PR" and product is None:
+                product = value.strip()[:64] or None
+        if len(self._tags) >= self._MAX:
+            self._tags.clear()
+        self._tags[raw] = issuer, product
+        return issuer, product
+
+    def _aid_of(self, message: Message, raw: bytes) -> str | None:
+        aid = None
+        for tag, value in message.get(55) or ():
+            if tag == "9F06":
+                aid = value.hex().upper()
+                break
+        if len(self._aids) >= self._MAX:
+            self._aids.clear()
+        self._aids[raw] = aid
+        return aid
+
+
+_UNSEEN = object()
 
 
 # -- the dialogue ----------------------------------------------------------------------------
@@ -593,7 +684,7 @@ class Telecollecte:
         if values is None:
             values = message.pick(_TX_FIELDS)
         (_, pan, processing, amount, stan, hms, mmdd, expiry, rrn, authorization, code,
-         tags, currency, emv) = values
+         currency) = values
         values[1] = None  # the full PAN is kept nowhere: only its mask and keyed HMAC
         if not processing:
             raise Refused("30", "field 3 is missing or empty", 3)
@@ -613,7 +704,9 @@ class Telecollecte:
         code = code.strip() if code is not None else ""
         if len(code) != 2 or not code.isalnum():
             raise Refused("30", "field 39 is not a 2-character response code", 39)
-        at = _local_time_of(hms, mmdd, self.services.now())
+        if number == file.last_acknowledged + 1:  # a window starts: what time is it?
+            file.clock = _local_clock(self.services.now())
+        at = _local_time_at(hms, mmdd, file.clock)
         if at is None:
             raise Refused("30", "fields 12/13 (local time and date) are missing", 12)
         if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
@@ -631,16 +724,7 @@ class Telecollecte:
                 raise Refused("30", "field 14 is not an expiry YYMM", 14)
         if not amount or not amount.isdigit():
             raise Refused("30", "field 4 is missing or not numeric", 4)
-        aid = issuer = product = None
-        for tag, value in emv or ():
-            if tag == "9F06":
-                aid = value.hex().upper()
-                break
-        for tag, value in tags or ():
-            if tag == "IS" and issuer is None:
-                issuer = value.strip()[:64] or None
-            elif tag == "PR" and product is None:
-                product = value.strip()[:64] or None
+        issuer, product, aid = _Subfields.of(message).read(message)
         # Positional, in the struct's field order (msgspec takes 17 keywords at seven times
         # the cost); test_every_transaction_field_reads_back_as_sent checks each field.
         return RemiseTransaction(

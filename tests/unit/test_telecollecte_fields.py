@@ -83,6 +83,75 @@ def test_every_transaction_field_reads_back_as_sent() -> None:
     assert {t.operation for t in batch.transactions} == {"purchase", "refund", "cancellation"}
 
 
+_TAG_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(issuer=_TAG_TEXT, product=_TAG_TEXT, aid=st.binary(min_size=5, max_size=16),
+       extra=st.booleans())
+def test_issuer_product_and_aid_read_the_same_every_time(
+        issuer: str, product: str, aid: bytes, extra: bool) -> None:
+    """Fields 47 and 55 are read once per distinct value (`_Subfields`): the second 0246
+    with the same bytes reads what the codec reads, as the first did."""
+    batch = _batch(count=2)
+    tags = (*((("XX", "1"),) if extra else ()), ("IS", issuer), ("PR", product),
+            ("IS", "SECOND"))
+    emv = (*((("9F02", b"\x00\x01"),) if extra else ()), ("9F06", aid))
+    dialogue = _dialogue()
+    file = _File("CONECS", 978, 1, 1, 2, 8)
+    for number, tx in enumerate(batch.transactions, 1):
+        values = Message.parse(transaction_message(batch, number, tx), CB2A).to_dict()
+        values[47], values[55] = tags, emv
+        message = Message.parse(encode(CB2A, "0246", values), CB2A)
+        read = dialogue._read_transaction(message, file, number)
+        decoded = message.get(47)  # a repeated tag: its first value that is not blank
+        assert (read.issuer, read.product) == tuple(
+            next((v.strip()[:64] for t, v in decoded if t == tag and v.strip()), None)
+            for tag in ("IS", "PR"))
+        assert read.aid == dict(message.get(55))["9F06"].hex().upper()
+
+
+def test_a_damaged_field_47_is_refused_every_time_it_comes() -> None:
+    batch = _batch(count=1)
+    tx = dataclasses.replace(batch.transactions[0], issuer="EDENRED", product="TICKET")
+    good = transaction_message(batch, 1, tx)
+    offset = good.index(b"IS07EDENRED")
+    damaged = good[:offset] + b"IS99" + good[offset + 4:]  # a tag longer than its field
+    dialogue = _dialogue()
+    read = dialogue._read_transaction(Message.parse(good, CB2A),
+                                      _File("CONECS", 978, 1, 1, 1, 8), 1)
+    assert read.issuer == "EDENRED"
+    for _ in range(2):
+        with pytest.raises(CodecError) as error:
+            dialogue._read_transaction(Message.parse(damaged, CB2A),
+                                       _File("CONECS", 978, 1, 1, 1, 8), 1)
+        assert error.value.field == 47
+
+
+def test_a_file_collected_across_new_year_dates_each_window_by_its_own_clock() -> None:
+    """The services' clock is read at the first 0246 of each window: a window received
+    after midnight on 31 December dates a 1 January 00:30 transaction in the new year."""
+    paris = ZoneInfo("Europe/Paris")
+    clock = [datetime(2026, 12, 31, 22, 58, tzinfo=UTC)]  # 23:58 in Paris
+    dialogue = _dialogue()
+    dialogue.services.now = lambda: clock[0]
+    times = [datetime(2026, 12, 31, 23, 50, tzinfo=paris)] * 2 + [
+        datetime(2027, 1, 1, 0, 1, tzinfo=paris)] * 2
+    batch = Batch("TPE00001", "1234567", "CBEMV", 1, 1, transactions=[
+        SimTransaction("4970101234567899", "purchase", 100 + n, at)
+        for n, at in enumerate(times)])
+    file = _File("CBEMV", 978, 1, 1, 4, 2)
+    read = []
+    for number, tx in enumerate(batch.transactions, 1):
+        if number == 3:
+            clock[0] = datetime(2026, 12, 31, 23, 2, tzinfo=UTC)  # 00:02, 1 January
+        message = Message.parse(transaction_message(batch, number, tx), CB2A)
+        read.append(dialogue._read_transaction(message, file, number))
+        if number % 2 == 0:
+            file.last_acknowledged = number  # the window's 0256
+    assert [r.at for r in read] == [t.astimezone(UTC) for t in times]
+
+
 def test_declared_totals_read_back_and_answer_in_the_same_fields() -> None:
     batch = _batch()
     declared = _declared_totals(Message.parse(end_message(batch), CB2A))
