@@ -312,11 +312,20 @@ class Authorizer:
         self._min_attempt = auth.min_attempt
         self._currencies = frozenset(auth.currencies)
         self._deadlines = Deadlines()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stand_in_numbers = itertools.count(1)
         # (terminal, STAN) -> what to reverse if the terminal reverses it: recent approvals
         # only, bounded; the acquirer message holds a PAN, so it lives in memory only.
         self._approved: OrderedDict[tuple[str, str], tuple[AcquirerSettings, bytes]] = \
             OrderedDict()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop, asked of asyncio again only once the one we had is closed (a
+        test's next loop): on Python 3.11 each `get_running_loop()` is a getpid() call."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _remember(self, state: _Attempt, stan: str, acquirer: AcquirerSettings,
                   wire: bytes) -> None:
@@ -402,7 +411,7 @@ class Authorizer:
         `Later` when the request went to an acquirer at once (`_at_once`), else an
         awaitable of it: the dispatcher counts messages by the code we chose."""
         state = _Attempt(message)
-        loop = self._deadlines.loop
+        loop = self._running_loop()
         state.deadline = loop.time() + self._budget
         decided = self._check(message, state)
         if decided is None:
@@ -426,7 +435,7 @@ class Authorizer:
     async def _authorize(self, message: Message) -> tuple[bytes, str]:
         """The whole dialogue as one coroutine (what `__call__` does, with no shortcut)."""
         state = _Attempt(message)
-        state.deadline = self._deadlines.loop.time() + self._budget
+        state.deadline = self._running_loop().time() + self._budget
         return await self._guarded(message, state, self._decide(message, state))
 
     async def _guarded(self, message: Message, state: _Attempt,
@@ -578,7 +587,7 @@ class Authorizer:
         """Failover from a callback: the rest of the chain as a task, under the deadline."""
         message, later = state.message, state.later
         assert later is not None
-        if self._deadlines.loop.time() >= state.deadline:
+        if self._running_loop().time() >= state.deadline:
             later.give((self._overdue_answer(message, state), state.code))
             return
 
@@ -612,7 +621,7 @@ class Authorizer:
             log.info("auth.failover", acquirer=name, reason=str(error))
             return None
         assert answer is not None
-        self.s.metrics.observe(name, self._deadlines.loop.time() - state.sent)
+        self.s.metrics.observe(name, self._running_loop().time() - state.sent)
         try:
             outcome = translate.from_acquirer(answer, acquirer)
         except CodecError as failure:
