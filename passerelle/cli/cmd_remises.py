@@ -50,6 +50,11 @@ def command(**kwargs: Any) -> None:
     if kwargs["as_json"]:
         emit_json({"rows": page.rows, "next_cursor": page.next_cursor, "totals": totals})
         return
+    if not page.rows:
+        # An empty table and empty totals read like a failure: say it in words.
+        click.echo("No more remises." if kwargs["cursor"] or kwargs["offset"]
+                   else "No remise matches these filters.")
+        return
     table(
         ["ID", "COLLECTED", "TERMINAL", "CONTRACT", "RANG", "APPLICATION", "REMISE", "FILE",
          "TX", "NET", "STATUS"],

@@ -116,6 +116,11 @@ def command(**kwargs: Any) -> None:
     if kwargs["as_json"]:
         emit_json({"rows": page.rows, "next_cursor": page.next_cursor, "totals": totals})
         return
+    if not page.rows:
+        # An empty table and empty totals read like a failure: say it in words.
+        click.echo("No more transactions." if kwargs["cursor"] or kwargs["offset"]
+                   else "No transaction matches these filters.")
+        return
     table(
         ["ID", "DATE", "TERMINAL", "CONTRACT", "APPLICATION", "REMISE", "TYPE", "RESULT", "RC",
          "CARD", "AMOUNT", "AUTO", "ISSUER"],

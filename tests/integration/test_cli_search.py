@@ -163,3 +163,12 @@ def test_shell_completion_through_click() -> None:
     options = mpctl(env={"_MPCTL_COMPLETE": "bash_complete",
                          "COMP_WORDS": "mpctl transactions --type ", "COMP_CWORD": "3"})
     assert "debit" in options.stdout and "credit" in options.stdout
+
+
+def test_a_search_that_finds_nothing_says_so(dsn) -> None:
+    for command, noun in (("transactions", "transaction"), ("remises", "remise")):
+        result = mpctl(command, "--contract", "9999999", dsn=dsn)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"No {noun} matches these filters."
+        as_json = json.loads(mpctl(command, "--contract", "9999999", "--json", dsn=dsn).stdout)
+        assert as_json["rows"] == [] and as_json["totals"] == []
