@@ -279,12 +279,29 @@ def _backend_cpu(dsn: str, before: dict[int, float]) -> dict[int, float]:
     return out
 
 
+def _pool_ready(dsn: str, connections: int, timeout: float = 30.0) -> None:
+    """Wait until switchd's pools hold `connections` connections to the scratch database."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()").fetchone()
+            if row is not None and row[0] >= connections:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"switchd opened {row} of {connections} connections")
+            time.sleep(0.05)
+
+
 def _node_settings(dsn: str, workdir: Path, workers: int) -> dict[str, Any]:
     settings = settings_dict(dsn, workdir / "state", make_pki(workdir / "pki"),
                              max_window=WINDOW)
     settings["listeners"]["xot"]["enabled"] = False
     settings["listeners"]["cbcom-tls"]["enabled"] = False
-    settings["storage"]["pool_max_size"] = workers
+    # A full pool from the start, as a switchd that has been up for a while has: the
+    # baselines too open their connections before their clocks start (see `_pool_ready`).
+    settings["storage"]["pool_min_size"] = settings["storage"]["pool_max_size"] = workers
     settings["logging"] = {"level": "info"}
     return settings
 
@@ -335,6 +352,7 @@ def _run(dsn: str, workdir: Path, *, terminals: int, files: int, per_file: int,
         try:
             for node_settings, node_dir in zip(settings, node_dirs, strict=True):
                 gateways.append(_start(node_settings, node_dir, compiled))
+            _pool_ready(dsn, sum(n["storage"]["pool_max_size"] for n in settings))
             processes = [psutil.Process(g.proc.pid) for g in gateways if g.proc is not None]
             cpu_before = _cpu(processes)
             backends_before = _backend_cpu(dsn, {})
