@@ -237,7 +237,7 @@ class _File:
     last_acknowledged: int = 0
     # `_local_clock` of the services' clock, read again at the first 0246 of each window:
     # a day's slack makes a clock some seconds old as good, at one read per window.
-    clock: tuple[int, datetime] = (0, datetime.min.replace(tzinfo=UTC))
+    clock: tuple[int, int | None] = (1, None)
 
 
 @dataclass
@@ -311,6 +311,14 @@ def _paris_offset(year: int, month: int, day: int, hour: int) -> timedelta:
     return offset
 
 
+# A file's 0246s fall in a few hours of a few days: MMDDhh -> (year, MMDDhh5959, that hour's
+# start in UTC), for an hour of the clock's year wholly before its limit (so the same for
+# every clock of that year whose limit is not earlier). A 0246 in a known hour then costs
+# an addition instead of a datetime, a comparison and an offset lookup.
+_HOURS: dict[int, tuple[int, int, datetime]] = {}
+_SECONDS = tuple(timedelta(seconds=n) for n in range(3600))
+
+
 def _paris_wall_clock(now: datetime) -> datetime:
     """`now` as the Paris wall-clock time, labelled UTC so that it compares with other
     wall-clock times (`datetime.replace` would cost more than this whole function)."""
@@ -327,11 +335,16 @@ def _paris_wall_clock(now: datetime) -> datetime:
     return now + offset
 
 
-def _local_clock(now: datetime) -> tuple[int, datetime]:
+def _local_clock(now: datetime) -> tuple[int, int | None]:
     """What dating a local time needs of `now`: the Paris year, and the latest wall-clock
-    time accepted (a day ahead: a terminal's clock may run a little fast)."""
+    time accepted in that year (a day ahead: a terminal's clock may run a little fast) as
+    the integer MMDDhhmmss, None when that day ahead is already next year."""
     local_now = _paris_wall_clock(now)
-    return local_now.year, local_now + _DAY
+    limit = local_now + _DAY
+    if limit.year != local_now.year:
+        return local_now.year, None
+    return local_now.year, (limit.month * 100_000_000 + limit.day * 1_000_000
+                            + limit.hour * 10_000 + limit.minute * 100 + limit.second)
 
 
 def _local_time_of(hms: str | None, mmdd: str | None, now: datetime) -> datetime | None:
@@ -340,7 +353,7 @@ def _local_time_of(hms: str | None, mmdd: str | None, now: datetime) -> datetime
 
 
 def _local_time_at(hms: str | None, mmdd: str | None,
-                   clock: tuple[int, datetime]) -> datetime | None:
+                   clock: tuple[int, int | None]) -> datetime | None:
     """`_local_time_of` with the clock of `_local_clock` (a file's 0246s share one)."""
     if hms is None or mmdd is None:
         return None
@@ -350,12 +363,26 @@ def _local_time_at(hms: str | None, mmdd: str | None,
         if len(mmdd) != 4 or len(hms) != 6 or not digits.isdigit():
             raise ValueError(digits)
         value = int(digits)  # MMDDhhmmss: one int() and arithmetic, not five slices
-        month, day = value // 100_000_000, value // 1_000_000 % 100
-        hour, minute, second = value // 10_000 % 100, value // 100 % 100, value % 100
-        for year in (this_year, this_year - 1):
-            at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)  # wall clock
-            if at <= limit:
-                return at - _paris_offset(year, month, day, hour)
+        hour_key, minute, second = value // 10_000, value // 100 % 100, value % 100
+        known = _HOURS.get(hour_key)
+        if known is not None and known[0] == this_year and (limit is None
+                                                            or known[1] <= limit):
+            if minute < 60 and second < 60:
+                return known[2] + _SECONDS[minute * 60 + second]
+            raise ValueError(digits)
+        month, day, hour = hour_key // 10_000, hour_key // 100 % 100, hour_key % 100
+        year = this_year
+        if limit is not None and value > limit:  # later than a day ahead: last year's,
+            datetime(year, month, day, hour, minute, second)  # if valid this year too
+            year -= 1
+        at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)  # wall clock
+        at -= _paris_offset(year, month, day, hour)
+        if year == this_year and (limit is None or hour_key * 10_000 + 5959 <= limit):
+            if len(_HOURS) >= _MAX_OFFSETS:
+                _HOURS.clear()
+            _HOURS[hour_key] = (year, hour_key * 10_000 + 5959,
+                                at - _SECONDS[minute * 60 + second])
+        return at
     except ValueError:
         pass  # 29 February of the wrong year, 25h61: refused below
     raise Refused("30", "fields 12/13 are not a valid local time and date", 13)

@@ -206,6 +206,16 @@ def test_local_times_match_zoneinfo_across_clock_changes(at: datetime, now: date
     assert _local_time_of(hms, mmdd, aware_now) == expected
 
 
+def test_a_minute_or_second_out_of_range_is_refused_in_an_hour_already_seen() -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    assert _local_time_of("101500", "1120", now) == datetime(2026, 11, 20, 9, 15, tzinfo=UTC)
+    assert _local_time_of("105959", "1120", now) == datetime(2026, 11, 20, 9, 59, 59,
+                                                             tzinfo=UTC)
+    for hms in ("106000", "100060", "109999"):
+        with pytest.raises(Refused):
+            _local_time_of(hms, "1120", now)
+
+
 @pytest.mark.parametrize(("hms", "mmdd"), [("023000", "0329"), ("023000", "1025"),
                                            ("015959", "0329"), ("030000", "1025")])
 def test_local_times_in_the_hours_the_clocks_change(hms: str, mmdd: str) -> None:
