@@ -39,6 +39,14 @@ _LOW64 = (1 << 64) - 1
 _FIELD_BIT: tuple[int, ...] = tuple(1 << (128 - n) if n else 0 for n in range(129))
 
 
+class Encoded(bytes):
+    """A field's wire bytes, length prefix included: `respond` copies such a value as it
+    is, for a caller that made it straight from another message's bytes (an acquirer's
+    chip data turned into the terminal's sub-elements) rather than from a value."""
+
+    __slots__ = ()
+
+
 class Message:
     """One decoded ISO 8583 message: its bytes, its layout, and the layout's anchors."""
 
@@ -101,6 +109,14 @@ class Message:
         start, _, end = self._layout.span(self._anchors, number)
         return memoryview(self._data)[start:end]
 
+    def body(self, number: int) -> bytes:
+        """The field's bytes as sent, without its length prefix (a copy; KeyError when
+        the field is absent): for a caller converting them itself."""
+        anchor, delta, fixed, prefix_size, _ = self._layout.where[number]
+        start = self._anchors[anchor] + delta
+        return self._data[start + prefix_size:start + fixed if fixed else
+                          self._anchors[anchor + 1]]
+
     def get(self, number: int, default: Value = None) -> Value:
         """The field converted: str (n, an, ans, z), bytes (b) or sub-element pairs."""
         entry = self._layout.where.get(number)
@@ -136,7 +152,8 @@ class Message:
     def respond(self, mti: str, changes: Mapping[int, Value | None] | None = None) -> bytes:
         """An answer built from this message: unchanged fields are copied as raw slices.
 
-        `changes` maps a field to its new value, or to None to leave the field out.
+        `changes` maps a field to its new value (or its `Encoded` wire bytes), or to None to
+        leave the field out.
         """
         if changes is None:
             changes = {}
@@ -156,13 +173,20 @@ class Message:
                 value = changes[segment]  # type: ignore[index]
                 if value is None:
                     left_out |= _FIELD_BIT[segment]  # type: ignore[index]
+                elif value.__class__ is Encoded:
+                    append(value)
                 else:
                     append(encoders[segment](value))  # type: ignore[index,misc]
             else:
                 first, first_delta, last, last_delta = segment  # type: ignore[misc]
                 append(data[anchors[first] + first_delta : anchors[last] + last_delta])
-        if left_out:  # fields left out: another bitmap
-            parts[1] = _bitmap_bytes(profile, recipe.bits & ~left_out)
+        if left_out:  # fields left out: another bitmap, made once per set left out
+            bitmap = recipe.without.get(left_out)
+            if bitmap is None:
+                bitmap = _bitmap_bytes(profile, recipe.bits & ~left_out)
+                if len(recipe.without) < 64:
+                    recipe.without[left_out] = bitmap
+            parts[1] = bitmap
         return b"".join(parts)
 
     # -- display -------------------------------------------------------------------------

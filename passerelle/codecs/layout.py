@@ -38,8 +38,8 @@ class Layout:
     """Where each field of one bitmap sits, as anchors + constants."""
 
     __slots__ = (
-        "ascii_steps", "bcd_steps", "bin1_steps", "bits", "entries", "header", "numbers",
-        "plans", "recipes", "runs", "steps", "tail", "where",
+        "ascii_steps", "bcd_steps", "bin1_steps", "bits", "entries", "header", "memo",
+        "numbers", "plans", "recipes", "runs", "steps", "tail", "where",
     )
 
     def __init__(self, specs: tuple[FieldSpec | None, ...], numbers: Iterable[int], header: int,
@@ -88,6 +88,9 @@ class Layout:
         self.bits = bits
         self.recipes: dict[tuple[int, ...], Recipe] = {}
         self.plans: dict[tuple[int, ...], tuple[Any, ...]] = {}
+        # What a caller works out once per layout (`routing.translate`'s plans), so its
+        # per-message lookup hashes a few short strings, not the field numbers.
+        self.memo: dict[Any, Any] = {}
 
     def plan(self, numbers: tuple[int, ...]) -> tuple[Any, ...]:
         """For `Message.pick`: the runs (see `convert_all`) that hold a wanted field, each
@@ -342,7 +345,7 @@ class Recipe:
     """How to build an answer from a message of one layout, for one set of changed fields:
     runs of untouched fields are copied as one slice each, changed fields are encoded."""
 
-    __slots__ = ("bitmap", "bits", "segments")
+    __slots__ = ("bitmap", "bits", "segments", "without")
 
     def __init__(self, layout: Layout, changed: tuple[int, ...], bitmap: bytes) -> None:
         changed_set = set(changed)
@@ -369,6 +372,7 @@ class Recipe:
         self.segments = tuple(segments)
         self.bits = bits
         self.bitmap = bitmap  # the wire bitmap of `bits`: no field left out
+        self.without: dict[int, bytes] = {}  # bits left out -> the wire bitmap then
 
 
 def read_units(data: bytes, start: int, body: int, spec: FieldSpec) -> int:

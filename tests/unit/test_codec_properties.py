@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from passerelle.codecs.errors import CodecError
 from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
-from passerelle.codecs.iso8583 import Message, encode, encode_field
+from passerelle.codecs.iso8583 import Encoded, Message, encode, encode_field
 from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import PROFILES
 from passerelle.codecs.subfields import SUBFIELD_CODECS
@@ -61,6 +61,9 @@ def test_message_round_trip(name: str, data: st.DataObject) -> None:
     assert msg.to_dict() == values
     for number, value in values.items():
         assert msg.get(number) == value
+        spec = profile.specs[number]
+        assert spec is not None
+        assert msg.body(number) == bytes(msg.raw(number))[spec.prefix_size:]
     # pick: the asked fields in the asked order, None for the absent ones.
     wanted = tuple(data.draw(st.lists(st.integers(2, 128), max_size=8)))
     assert msg.pick(wanted) == [values.get(number) for number in wanted]
@@ -268,6 +271,10 @@ def test_respond_equals_encode_of_changed_dict(name: str, data: st.DataObject) -
     reply = request.respond(reply_mti, changes)
     assert reply == encode(profile, reply_mti, expected)
     assert Message.parse(reply, profile).to_dict() == expected
+    # The same changes given as their wire bytes (`Encoded`) are copied as they are.
+    encoded = {number: None if value is None else Encoded(encode_field(
+        profile.specs[number], value)) for number, value in changes.items()}  # type: ignore[arg-type]
+    assert request.respond(reply_mti, encoded) == reply
 
 
 @pytest.mark.parametrize("data", [Data.ASCII, Data.EBCDIC])
