@@ -83,12 +83,15 @@ def family_of_aid(aid: str) -> str | None:
 
 
 def read_application(message: Message, pan: str, contract_application: str | None = None,
-                     icc: Any = None) -> str:
+                     icc: Any = None, entry_mode: Any = ...) -> str:
     """The application of a terminal's 0100 (see the module docstring for the rules);
-    `icc` is field 55 when the caller has already decoded it."""
+    `icc` is field 55 and `entry_mode` field 22 (None: absent) when the caller has
+    already decoded them."""
     if contract_application in CONTRACT_APPLICATIONS:
         return contract_application
-    mode = str(message.get(22, "000")).zfill(3)[:2] if 22 in message else "05"
+    if entry_mode is ...:
+        entry_mode = str(message.get(22, "000")) if 22 in message else None
+    mode = entry_mode.zfill(3)[:2] if entry_mode is not None else "05"
     aid = _aid(message, icc)
     family = (family_of_aid(aid) if aid else None) or family_of_bin(pan)
     chip, contactless, vad = _FAMILY_APPS[family]

@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
-from passerelle.codecs.iso8583 import CodecError, Message, encode
+from passerelle.codecs.iso8583 import CodecError, Encoded, Message, encode
 from passerelle.codecs.layout import read_units
 from passerelle.codecs.profiles import get_profile
+from passerelle.codecs.subfields import SUBFIELD_CODECS
 from passerelle.routing.settings import AcquirerSettings
 
 Key = tuple[str, str, str, str]
@@ -37,13 +38,20 @@ def answer_mti(mti: str) -> str:
     return f"{mti[:2]}{int(mti[2]) + 1}{int(mti[3]) & ~1}"
 
 
+_KEY93 = (11, 12, 41)
+_KEY = (11, 12, 13, 41)
+
+
 def key_of(message: Message, mti: str | None = None) -> Key:
-    """The MUX key; `mti` is the answer MTI expected (for a request) or None (an answer)."""
+    """The MUX key; `mti` is the answer MTI expected (for a request) or None (an answer).
+    Its fields are read in one `pick` (every answer from an acquirer is keyed)."""
     if message.profile.name == "iso93-binary":
-        when = str(message.get(12, ""))
+        stan, when, terminal = message.pick(_KEY93)
+        when = when or ""
     else:
-        when = f"{message.get(13, '')}{message.get(12, '')}"
-    return (mti or message.mti, str(message.get(41, "")).strip(), str(message.get(11, "")), when)
+        stan, hhmmss, mmdd, terminal = message.pick(_KEY)
+        when = f"{mmdd or ''}{hhmmss or ''}"
+    return (mti or message.mti, (terminal or "").strip(), stan or "", when)
 
 
 def ber_encode(items: Any) -> bytes:
@@ -181,10 +189,10 @@ def _ber_tag_of(tag: bytes) -> bytes:
     return ber
 
 
-def cb_raw_to_ber(body: bytes | memoryview) -> bytes:
+def cb_raw_to_ber(body: bytes) -> bytes:
     """`ber_encode(cb_to_ber(...))` straight from CB2A 55 bytes (2-byte tag, 1-byte
     length, value), without building the pairs: this runs for every chip authorization."""
-    out: list[bytes | memoryview] = []
+    out: list[bytes] = []
     pos, end = 0, len(body)
     while pos < end:
         start = pos + 3
@@ -193,7 +201,7 @@ def cb_raw_to_ber(body: bytes | memoryview) -> bytes:
         size = body[pos + 2]
         if start + size > end:
             raise CodecError(55, pos, f"sub-element length {size} runs past the field")
-        tag = _ber_tag_of(bytes(body[pos:pos + 2]))
+        tag = _ber_tag_of(body[pos:pos + 2])
         if tag:
             out.append(tag)
             out.append(_BER_LENGTHS[size])
@@ -234,18 +242,19 @@ class _Plan:
         self.when93 = when93  # (13's anchor, delta, 12's anchor, delta) when BCD-built
 
 
-_PLANS: dict[tuple[str, str, tuple[int, ...], str, str], _Plan] = {}
 _MAX_PLANS = 1024  # shapes of request x acquirers; hostile input cannot grow it
 
 
 def _plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
-    key = (request.profile.name, request.mti, request.numbers, target_name, acquirer_id)
-    plan = _PLANS.get(key)
+    """The plan for this request's shape, kept with its layout (the codec bounds those)."""
+    memo = request.layout.memo
+    key = (request.mti, target_name, acquirer_id)
+    plan = memo.get(key)
     if plan is None:
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        plan = _PLANS[key] = _make_plan(request, target_name, acquirer_id)
-    return plan
+        if len(memo) >= 64:
+            memo.clear()
+        plan = memo[key] = _make_plan(request, target_name, acquirer_id)
+    return plan  # type: ignore[no-any-return]
 
 
 def _make_plan(request: Message, target_name: str, acquirer_id: str) -> _Plan:
@@ -455,7 +464,7 @@ class Outcome:
     __slots__ = ("additional", "approval", "code", "issuer_data", "raw_code")
 
     def __init__(self, code: str, raw_code: str, approval: str | None,
-                 issuer_data: tuple[tuple[str, bytes], ...] | None,
+                 issuer_data: tuple[tuple[str, bytes], ...] | CbTlv | None,
                  additional: tuple[tuple[str, str], ...] | None) -> None:
         self.code = code
         self.raw_code = raw_code
@@ -464,16 +473,62 @@ class Outcome:
         self.additional = additional
 
 
+class CbTlv(bytes):
+    """CB2A sub-elements already encoded (2-byte tag, 1-byte length, value), for
+    `terminal_answer` to copy into field 55 rather than encode pairs again."""
+
+    __slots__ = ()
+
+
+def ber_raw_to_cb(body: bytes) -> CbTlv | None:
+    """`ber_to_cb(ber_decode(body))` as CB2A bytes, straight from the BER bytes, when every
+    item has the plain form an issuer sends (a 1- or 2-byte tag, a short length); None
+    for anything else (padding, long lengths or tags, a value running past the end): the
+    caller then decodes the pairs, which says what is wrong, or encodes what is unusual."""
+    out: list[bytes] = []
+    append = out.append
+    pos, end = 0, len(body)
+    while pos < end:
+        first = body[pos]
+        if first in (0x00, 0xFF):
+            return None
+        if first & 0x1F == 0x1F:
+            if pos + 1 >= end or body[pos + 1] & 0x80:
+                return None
+            tag, pos = body[pos:pos + 2], pos + 2
+        else:
+            tag, pos = _CB_TAGS[first], pos + 1
+        if pos >= end:
+            return None
+        size = body[pos]
+        start, pos = pos + 1, pos + 1 + size
+        if size & 0x80 or pos > end:
+            return None
+        append(tag)
+        append(_BER_LENGTHS[size])
+        append(body[start:pos])
+    encoded = b"".join(out)
+    return CbTlv(encoded) if len(encoded) < 256 else None
+
+
+_CB_TAGS = tuple(bytes((0, n)) for n in range(256))  # a 1-byte BER tag as CB's 2 bytes
+
+
 def from_acquirer(answer: Message, acquirer: AcquirerSettings) -> Outcome:
     """The acquirer's answer in CB terms. Raises CodecError for an unreadable answer."""
     raw = str(answer.get(39, ""))
     code = acquirer.cb_code(raw) if raw else "96"
     approval = str(answer.get(38)) if 38 in answer else None
-    issuer: tuple[tuple[str, bytes], ...] | None = None
+    issuer: tuple[tuple[str, bytes], ...] | CbTlv | None = None
     if 55 in answer:
-        value = answer.get(55)
-        issuer = value if acquirer.profile == "cb2a" else ber_to_cb(
-            ber_decode(value) if isinstance(value, bytes) else value)
+        if acquirer.profile != "cb2a":  # BER-TLV: most often converted byte for byte
+            spec = answer.profile.specs[55]
+            if spec is not None and spec.data is Data.BINARY:
+                issuer = ber_raw_to_cb(answer.body(55))
+        if issuer is None:
+            value = answer.get(55)
+            issuer = value if acquirer.profile == "cb2a" else ber_to_cb(
+                ber_decode(value) if isinstance(value, bytes) else value)
     additional = None
     if 44 in answer:
         value = answer.get(44)
@@ -494,27 +549,36 @@ def _ascii_tlv(text: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(items) or None
 
 
-_TEMPLATES: dict[tuple[int, ...], tuple[int, ...]] = {}
-
-
-def _answer_template(numbers: tuple[int, ...]) -> dict[int, Any]:
-    """The request's fields an answer leaves out, worked out once per shape of request."""
-    left_out = _TEMPLATES.get(numbers)
+def _answer_template(request: Message) -> dict[int, Any]:
+    """The request's fields an answer leaves out, worked out once per shape of request
+    (kept with its layout)."""
+    memo = request.layout.memo
+    left_out = memo.get("answer")
     if left_out is None:
-        if len(_TEMPLATES) >= _MAX_PLANS:
-            _TEMPLATES.clear()
-        left_out = _TEMPLATES[numbers] = tuple(n for n in (*SENSITIVE, 55) if n in numbers)
+        numbers = request.numbers
+        left_out = memo["answer"] = tuple(n for n in (*SENSITIVE, 55) if n in numbers)
     return dict.fromkeys(left_out)
+
+
+_LENGTH_PREFIX = tuple(bytes((n,)) for n in range(256))
 
 
 def terminal_answer(request: Message, code: str, approval: str | None = None,
                     issuer_data: Any = None, additional: Any = None) -> bytes:
-    """The 0110 built from the terminal's 0100: its fields copied, 38/39/44/55 set."""
-    changes = _answer_template(request.numbers)
+    """The 0110 built from the terminal's 0100: its fields copied, 38/39/44/55 set
+    (`issuer_data` as pairs, or a `CbTlv` copied as it is)."""
+    changes = _answer_template(request)
     changes[38] = approval
     changes[39] = code
     changes[44] = additional
     if issuer_data:
+        if issuer_data.__class__ is CbTlv:
+            spec = request.profile.specs[55]
+            if spec is not None and spec.sub == "cb-tlv" and spec.prefix is Prefix.BINARY \
+                    and spec.prefix_size == 1:
+                issuer_data = Encoded(_LENGTH_PREFIX[len(issuer_data)] + issuer_data)
+            else:
+                issuer_data = SUBFIELD_CODECS["cb-tlv"].decode(issuer_data)
         changes[55] = issuer_data
     if 59 in request:  # what the terminal said about itself, minus its capabilities (0101)
         kept = tuple(item for item in request.get(59) if item[0] != "0101")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.codecs.profiles import get_profile
+from passerelle.codecs.subfields import SUBFIELD_CODECS
 from passerelle.routing import translate
 from passerelle.routing.settings import AcquirerSettings
 
@@ -128,3 +129,23 @@ def test_the_0110_keeps_the_request_and_drops_track_data() -> None:
                           st.binary(max_size=200)), max_size=5))
 def test_ber_round_trip(items: list[tuple[str, bytes]]) -> None:
     assert translate.ber_decode(translate.ber_encode(items)) == tuple(items)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["91", "71", "72", "5F24", "9F36", "DF8101", "00"]),
+                          st.binary(max_size=150)), max_size=5), st.binary(max_size=4))
+def test_issuer_data_bytes_match_the_pairs_path(items: list[tuple[str, bytes]],
+                                                tail: bytes) -> None:
+    """The acquirer's chip data made CB bytes straight from its BER bytes is exactly what
+    decoding, renaming and encoding the pairs gives; anything of another form (long tags
+    or lengths, padding, a broken tail) is left to that path (None)."""
+    body = translate.ber_encode(items) + tail
+    fast = translate.ber_raw_to_cb(body)
+    simple = all(len(tag) <= 4 and tag != "00" and len(value) < 0x80 for tag, value in items)
+    if fast is None:
+        assert not simple or tail or len(translate.ber_encode(items)) >= 256 - len(items)
+        return
+    pairs = translate.ber_to_cb(translate.ber_decode(body))
+    assert fast == SUBFIELD_CODECS["cb-tlv"].encode(pairs)
+    answer = Message.parse(translate.terminal_answer(_vector("0100-emv"), "00", "123456",
+                                                     fast), CB2A)
+    assert answer.get(55) == (pairs or None)  # no sub-element: no field 55
