@@ -284,15 +284,11 @@ class AuthServices:
                 await asyncio.wait_for(self.stopping.wait(), s.interval)
 
 
-def _pan_and_expiry(message: Message) -> tuple[str, str | None]:
-    pan = str(message.get(2, "")) if 2 in message else ""
-    expiry = str(message.get(14)) if 14 in message else None
-    if 35 in message:
-        track = str(message.get(35)).upper().replace("=", "D")
-        head, _, tail = track.partition("D")
-        pan = pan or head
-        expiry = expiry or (tail[:4] if len(tail) >= 4 else None)
-    return pan, expiry
+# The request's fields the dialogue reads, converted in one `pick`: PAN, amount, STAN,
+# expiry, entry mode, track 2, terminal, contract, currency, chip data. So a field among
+# them that cannot be decoded is answered 30 (naming the first, in wire order) before any
+# check of the values, whatever those would have said.
+_READ = (2, 4, 11, 14, 22, 35, 41, 42, 49, 55)
 
 
 def _expired(expiry: str, now: datetime) -> bool:
@@ -489,13 +485,22 @@ class Authorizer:
 
     def _check(self, message: Message, state: _Attempt) -> bytes | None:
         """Card, expiry, amount and currency: the 0110 refusing the request, or None."""
-        pan, expiry = _pan_and_expiry(message)
+        (pan, amount_text, stan, expiry, mode, track, terminal, contract, currency_text,
+         icc) = message.pick(_READ)
+        pan = pan or ""
+        if track is not None:
+            head, _, tail = track.upper().replace("=", "D").partition("D")
+            pan = pan or head
+            expiry = expiry or (tail[:4] if len(tail) >= 4 else None)
         state.pan, state.expiry = pan, expiry
-        amount_text = message.get(4)
         if amount_text is None:
             raise CodecError(4, 0, "an authorization needs an amount (field 4)")
         state.amount = amount = int(amount_text)
-        state.currency = currency = int(message.get(49, "978"))
+        state.currency = currency = int(currency_text) if currency_text is not None else 978
+        state.terminal = terminal = (terminal or "").strip()
+        state.contract = (contract or "").strip()
+        state.known = {2: pan, 11: stan or "", 55: icc, 41: terminal}
+        state.entry_mode = mode
         if not luhn_valid(pan):
             return self._answer(message, state, "14")
         state.now = now = datetime.now(UTC)
@@ -505,8 +510,6 @@ class Authorizer:
             return self._answer(message, state, "13")
         if currency not in self._currencies:
             return self._answer(message, state, "12")
-        state.terminal = str(message.get(41, "")).strip()
-        state.contract = str(message.get(42, "")).strip()
         return None
 
     def _admit(self, message: Message, state: _Attempt, info: TerminalInfo | None) -> bytes | None:
@@ -514,11 +517,9 @@ class Authorizer:
         route's acquirers in `state.chain`), else the 0110 refusing the request."""
         if info is None or info.contract != state.contract or not info.active:
             return self._answer(message, state, "03")
-        icc = message.get(55)
         pan = state.pan
-        state.known = {2: pan, 11: str(message.get(11, "")), 55: icc, 41: state.terminal}
-        state.application = application = read_application(message, pan, info.application,
-                                                            icc)
+        state.application = application = read_application(
+            message, pan, info.application, state.known[55], state.entry_mode)
         route = self.s.router.match(application, pan, state.contract, state.currency or 0)
         if route is None:
             return self._answer(message, state, "92")
@@ -783,7 +784,8 @@ class _Attempt:
     where it stands (the acquirer it waits for, as `_on_reply` needs it)."""
 
     __slots__ = ("acquirer", "acquirer_time", "amount", "application", "chain", "code",
-                 "contract", "currency", "deadline", "expiry", "index", "key", "known",
+                 "contract", "currency", "deadline", "entry_mode", "expiry", "index", "key",
+                 "known",
                  "later", "link", "message", "now", "overdue", "pan", "sent", "stand_in",
                  "started", "terminal", "wire")
 
@@ -800,6 +802,7 @@ class _Attempt:
         self.contract = ""
         self.application: str | None = None
         self.known: dict[int, Any] = {}  # fields already converted (translate.to_acquirer)
+        self.entry_mode: str | None = None  # field 22
         self.chain: tuple[str, ...] = ()  # the route's acquirers
         self.index = 0  # the one being tried
         self.acquirer: AcquirerSettings | None = None
