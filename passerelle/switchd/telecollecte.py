@@ -237,7 +237,7 @@ class _File:
     last_acknowledged: int = 0
     # `_local_clock` of the services' clock, read again at the first 0246 of each window:
     # a day's slack makes a clock some seconds old as good, at one read per window.
-    clock: tuple[int, int | None] = (1, None)
+    clock: tuple[int, int | None] | None = None
 
 
 @dataclass
@@ -731,9 +731,10 @@ class Telecollecte:
         code = code.strip() if code is not None else ""
         if len(code) != 2 or not code.isalnum():
             raise Refused("30", "field 39 is not a 2-character response code", 39)
-        if number == file.last_acknowledged + 1:  # a window starts: what time is it?
-            file.clock = _local_clock(self.services.now())
-        at = _local_time_at(hms, mmdd, file.clock)
+        clock = file.clock
+        if clock is None or number == file.last_acknowledged + 1:  # a window starts
+            clock = file.clock = _local_clock(self.services.now())
+        at = _local_time_at(hms, mmdd, clock)
         if at is None:
             raise Refused("30", "fields 12/13 (local time and date) are missing", 12)
         if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
