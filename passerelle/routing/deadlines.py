@@ -40,6 +40,10 @@ class _Entry:
 
     def cancel(self) -> None:
         self.active = False
+        # What the callback would have been given goes now: an owner that keeps its
+        # handle (a request keeping its timer) would otherwise make a reference cycle
+        # that only the garbage collector can free, once per request.
+        self.args = ()
 
 
 class Deadlines:
@@ -97,8 +101,9 @@ class Deadlines:
                 return
             queue.popleft()
             head.active = False
+            args, head.args = head.args, ()  # no cycle through a handle its owner keeps
             try:
-                head.callback(*head.args)
+                head.callback(*args)
             except Exception as error:  # one bad callback must not stall the others
                 loop.call_exception_handler({"message": "deadline callback failed",
                                              "exception": error})

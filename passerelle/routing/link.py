@@ -137,8 +137,9 @@ class _Sent:
 
     def _end(self) -> None:
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
+        timer, self.timer = self.timer, None  # no cycle: the timer's entry holds us
+        if timer is not None:
+            timer.cancel()
         self.mux.release()
 
     def set_result(self, answer: Message) -> None:
