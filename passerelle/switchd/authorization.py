@@ -310,10 +310,12 @@ class Authorizer:
         self._deadlines = Deadlines()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stand_in_numbers = itertools.count(1)
-        # (terminal, STAN) -> what to reverse if the terminal reverses it: recent approvals
-        # only, bounded; the acquirer message holds a PAN, so it lives in memory only.
-        self._approved: OrderedDict[tuple[str, str], tuple[AcquirerSettings, bytes]] = \
-            OrderedDict()
+        # (terminal, STAN) -> (acquirer name, its request) to reverse if the terminal
+        # reverses it: recent approvals only, bounded; the acquirer message holds a PAN, so
+        # it lives in memory only. Strings and bytes only: the garbage collector stops
+        # tracking such tuples, so tens of thousands of them do not make each full
+        # collection longer, nor their turnover bring one on (2-3 us per authorization).
+        self._approved: OrderedDict[tuple[str, str], tuple[str, bytes]] = OrderedDict()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop, asked of asyncio again only once the one we had is closed (a
@@ -325,7 +327,7 @@ class Authorizer:
 
     def _remember(self, state: _Attempt, stan: str, acquirer: AcquirerSettings,
                   wire: bytes) -> None:
-        self._approved[state.terminal, stan] = (acquirer, wire)
+        self._approved[state.terminal, stan] = (acquirer.name, wire)
         if len(self._approved) > self.s.settings.authorization.reversal_memory:
             self._approved.popitem(last=False)
 
@@ -347,10 +349,11 @@ class Authorizer:
             code = "91"
         else:
             entry = self._approved.pop((terminal, stan), None)
-            if entry is not None:
-                self.s.queue_saf(entry[0], "reversal", entry[1])
+            link = self.s.links.get(entry[0]) if entry is not None else None
+            if entry is not None and link is not None:
+                self.s.queue_saf(link.settings, "reversal", entry[1])
                 log.info("auth.terminal_reversal", terminal=terminal, stan=stan,
-                         matched="memory", acquirer=entry[0].name)
+                         matched="memory", acquirer=link.name)
             else:
                 task = asyncio.create_task(self._reverse_logged(message, terminal, stan))
                 self.s.background.add(task)
