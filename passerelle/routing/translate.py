@@ -516,9 +516,9 @@ _CB_TAGS = tuple(bytes((0, n)) for n in range(256))  # a 1-byte BER tag as CB's 
 
 def from_acquirer(answer: Message, acquirer: AcquirerSettings) -> Outcome:
     """The acquirer's answer in CB terms. Raises CodecError for an unreadable answer."""
-    raw = str(answer.get(39, ""))
+    approval, raw, additional_value = answer.pick(_OUTCOME)
+    raw = raw or ""
     code = acquirer.cb_code(raw) if raw else "96"
-    approval = str(answer.get(38)) if 38 in answer else None
     issuer: tuple[tuple[str, bytes], ...] | CbTlv | None = None
     if 55 in answer:
         if acquirer.profile != "cb2a":  # BER-TLV: most often converted byte for byte
@@ -530,10 +530,13 @@ def from_acquirer(answer: Message, acquirer: AcquirerSettings) -> Outcome:
             issuer = value if acquirer.profile == "cb2a" else ber_to_cb(
                 ber_decode(value) if isinstance(value, bytes) else value)
     additional = None
-    if 44 in answer:
-        value = answer.get(44)
-        additional = value if isinstance(value, tuple) else _ascii_tlv(str(value))
+    if additional_value is not None:
+        additional = additional_value if isinstance(additional_value, tuple) else _ascii_tlv(
+            str(additional_value))
     return Outcome(code, raw, approval, issuer, additional)
+
+
+_OUTCOME = (38, 39, 44)  # approval code, response code, additional response data
 
 
 def _ascii_tlv(text: str) -> tuple[tuple[str, str], ...] | None:

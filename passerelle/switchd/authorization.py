@@ -747,14 +747,14 @@ class Authorizer:
             code not in ("91",) or state.stand_in) else ""
         self.s.metrics.authorization(state.application or "", acquirer or "none",
                                      code + ("-standin" if state.stand_in else ""))
-        self._log(message, state, code, approval, acquirer)
+        if self.s.authlog is not None:
+            self._log(message, state, code, approval, acquirer)
         return answer
 
     def _log(self, message: Message, state: _Attempt, code: str, approval: str | None,
              acquirer: str) -> None:
         writer = self.s.authlog
-        if writer is None:
-            return
+        assert writer is not None
         pan = state.pan
         hashed = pan.isdigit() and 12 <= len(pan) <= 19
         expiry = state.expiry if state.expiry and state.expiry.isdigit() and len(
