@@ -218,8 +218,11 @@ def validate(remise: Remise) -> None:
     _check_int(where, "ack_window", remise.ack_window, 0, 32767)
     _check_int(where, "currency", remise.currency, 1, 999)
     _check_time(where, "collected_at", remise.collected_at)
-    for name in RemiseTotals.__struct_fields__:
-        _check_int(where, f"declared {name}", getattr(remise.declared, name), 0, _MAX_AMOUNT)
+    if not all(value.__class__ is int and 0 <= value <= _MAX_AMOUNT
+               for value in msgspec.structs.astuple(remise.declared)):  # which one?
+        for name in RemiseTotals.__struct_fields__:
+            _check_int(where, f"declared {name}", getattr(remise.declared, name), 0,
+                       _MAX_AMOUNT)
     seen: set[int] = set()
     currency, pan_masked, few = remise.currency, _PAN_MASKED.match, _GOOD_FEW
     for tx in remise.transactions:
@@ -306,7 +309,7 @@ class _Context(NamedTuple):
 # columns, in order (migration 0008): remise_id, stored, stored_status, stored_correct,
 # stored_count, then the context every transaction row copies.
 _CLAIM = b"SELECT * FROM passerelle_claim_remise("
-_TOTALS = RemiseTotals.__struct_fields__
+_TOTALS_ARRAY = b"'{" + b",".join([b"%d"] * len(RemiseTotals.__struct_fields__)) + b"}'"
 
 # (column, PostgreSQL type for binary COPY). Per transaction first the fixed-size values,
 # then what is the same for the whole remise, then the text values: `copy_transactions`
@@ -555,8 +558,8 @@ def _claim_and_copy(literal: Callable[[bytes], bytes], encoding: str, remise: Re
         b"%d" % remise.remise_number,
         b"'%s'" % remise.collected_at.astimezone(UTC).isoformat().encode(),
         b"%d" % remise.file_number, b"%d" % remise.ack_window, b"%d" % remise.currency,
-        b"'{%s}'" % b",".join(b"%d" % getattr(declared, name) for name in _TOTALS),
-        b"'{%s}'" % b",".join(b"%d" % getattr(totals, name) for name in _TOTALS),
+        _TOTALS_ARRAY % msgspec.structs.astuple(declared),
+        _TOTALS_ARRAY % msgspec.structs.astuple(totals),
         b"%d" % len(remise.transactions),
         # net: what the merchant is credited (cancellations undo purchases)
         b"%d" % (totals.purchases_amount - totals.refunds_amount
