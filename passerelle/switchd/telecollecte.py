@@ -127,6 +127,7 @@ _UNUSED_TOTALS = (75, 78, 79, 81, 82, 83, 85, 87)
 _WIDTH = {74: 10, 75: 10, 76: 10, 77: 10, 78: 10, 79: 10, 80: 10, 81: 10,
           82: 12, 83: 12, 84: 12, 85: 12, 86: 16, 87: 16, 88: 16, 89: 16}
 _OPERATIONS = {"00": "purchase", "20": "refund"}
+_EXPIRIES = frozenset(f"{year:02d}{month:02d}" for year in range(100) for month in range(1, 13))
 # What a 0246 is read for, in one `Message.pick`: 71 first (order), then the transaction.
 # 47 (issuer, product) and 55 (AID) are read through `_Subfields`.
 _TX_FIELDS = (71, 2, 3, 4, 11, 12, 13, 14, 37, 38, 39, 49)
@@ -746,7 +747,7 @@ class Telecollecte:
             masked = mask_pan(pan)
             digest, version = hashed
         del pan
-        if expiry is not None:
+        if expiry is not None and expiry not in _EXPIRIES:  # the usual YYMM: no work
             expiry = expiry.strip() or None
             if expiry is not None and not (expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
                 raise Refused("30", "field 14 is not an expiry YYMM", 14)
