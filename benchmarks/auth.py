@@ -91,7 +91,9 @@ def _run_sim(profile: str, ready: Any) -> None:
     uvloop.run(main())
 
 
-def _run_switchd(acquirer_port: int, freeze: bool, ready: Any) -> None:
+async def _start_switchd(acquirer_port: int, freeze: bool) -> int:
+    """switchd on this process's loop: the `iso` listener and the authorization dialogue
+    towards the simulator at `acquirer_port`; returns the listener's port."""
     from passerelle.config import parse_config  # noqa: PLC0415
     from passerelle.routing.settings import routing_settings  # noqa: PLC0415
     from passerelle.switchd import logs  # noqa: PLC0415
@@ -99,29 +101,33 @@ def _run_switchd(acquirer_port: int, freeze: bool, ready: Any) -> None:
     from passerelle.switchd.dispatch import default_registry  # noqa: PLC0415
     from passerelle.switchd.server import Daemon  # noqa: PLC0415
 
+    logs.configure("warning", open(os.devnull, "wb"))  # noqa: SIM115 - lives as long as we do
+    routes = Path(tempfile.mkdtemp()) / "routes.toml"
+    routes.write_text('[[route]]\nacquirers = ["acq"]\n')
+    settings = routing_settings({
+        "path": str(routes),
+        "acquirers": [{"name": "acq", "host": "127.0.0.1", "port": acquirer_port,
+                       "window": 256}],
+        "authorization": {"terminals": [{"terminal_id": _terminal(n), "contract": CONTRACT}
+                                        for n in range(CONNECTIONS)]},
+    })
+    registry = default_registry()
+    daemon = Daemon(parse_config({
+        "listeners": {"iso": {"host": "127.0.0.1", "port": 0, "profile": "cb2a"},
+                      "xot": {"enabled": False}, "cbcom": {"enabled": False}},
+        "metrics": {"enabled": False}, "logging": {"level": "warning"}}), registry)
+    services = build_services(settings, registry=daemon.metrics.registry)
+    register(registry, services)
+    await services.start(wait_links=5.0)
+    await daemon.start()
+    if freeze:  # what switchd/main.py would do after start-up (`--gc-freeze`)
+        gc.freeze()
+    return daemon.listeners["iso"].port
+
+
+def _run_switchd(acquirer_port: int, freeze: bool, ready: Any) -> None:
     async def main() -> None:
-        logs.configure("warning", open(os.devnull, "wb"))  # noqa: SIM115 - lives as long as we do
-        routes = Path(tempfile.mkdtemp()) / "routes.toml"
-        routes.write_text('[[route]]\nacquirers = ["acq"]\n')
-        settings = routing_settings({
-            "path": str(routes),
-            "acquirers": [{"name": "acq", "host": "127.0.0.1", "port": acquirer_port,
-                           "window": 256}],
-            "authorization": {"terminals": [{"terminal_id": _terminal(n), "contract": CONTRACT}
-                                            for n in range(CONNECTIONS)]},
-        })
-        registry = default_registry()
-        daemon = Daemon(parse_config({
-            "listeners": {"iso": {"host": "127.0.0.1", "port": 0, "profile": "cb2a"},
-                          "xot": {"enabled": False}, "cbcom": {"enabled": False}},
-            "metrics": {"enabled": False}, "logging": {"level": "warning"}}), registry)
-        services = build_services(settings, registry=daemon.metrics.registry)
-        register(registry, services)
-        await services.start(wait_links=5.0)
-        await daemon.start()
-        if freeze:  # what switchd/main.py would do after start-up (`--gc-freeze`)
-            gc.freeze()
-        ready.send(daemon.listeners["iso"].port)
+        ready.send(await _start_switchd(acquirer_port, freeze))
         await asyncio.Event().wait()
 
     uvloop.run(main())
@@ -173,26 +179,117 @@ def _run_relay(acquirer_port: int, ready: Any) -> None:
     uvloop.run(main())
 
 
-def _spawn(target: Callable[..., None], *args: Any,
-           package_root: Path | None = None) -> tuple[Any, int]:
-    """A child process running `target`; with `package_root`, a fresh interpreter (spawn)
-    that imports the package from there rather than a fork of this one."""
+def _spawn(target: Callable[..., None], *args: Any, package_root: Path | None = None,
+           fresh: bool = False) -> tuple[Any, int]:
+    """A child process running `target`; with `package_root` or `fresh`, a fresh interpreter
+    (spawn: fork + exec, so `valgrind --trace-children=no` leaves it alone), importing the
+    package from `package_root` if given, rather than a fork of this one."""
     parent, child = multiprocessing.Pipe()
-    if package_root is None:
+    if package_root is None and not fresh:
         process: Any = multiprocessing.Process(target=target, args=(*args, child), daemon=True)
         process.start()
     else:
-        os.environ["AUTH_BENCH_PACKAGE_ROOT"] = str(package_root)
+        if package_root is not None:
+            os.environ["AUTH_BENCH_PACKAGE_ROOT"] = str(package_root)
         try:
             process = multiprocessing.get_context("spawn").Process(
                 target=target, args=(*args, child), daemon=True)
             process.start()
         finally:
-            del os.environ["AUTH_BENCH_PACKAGE_ROOT"]
+            os.environ.pop("AUTH_BENCH_PACKAGE_ROOT", None)
     if not parent.poll(30):
         process.kill()
         raise RuntimeError(f"{target.__name__} did not start")
     return process, parent.recv()
+
+
+# -- switchd in this process (--in-process) -------------------------------------------------
+def _run_generator(port: int, count: int, ready: Any) -> None:
+    """Closed loop on every connection, warmed up, then exactly `count` authorizations once
+    told "go"; sends back their rate."""
+    FRAMES.extend(_frames(n) for n in range(CONNECTIONS))
+
+    async def main() -> None:
+        clients = await _connect(port, CONNECTIONS)
+        for _ in range(20):
+            for client in clients:
+                await client.exchange()
+        gc.freeze()
+        ready.send("warm")
+        await asyncio.get_running_loop().run_in_executor(None, ready.recv)
+        left = count
+
+        async def worker(client: _Client) -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await client.exchange()
+
+        started = time.perf_counter()
+        async with _phase(count / 50):  # generous: switchd may run under callgrind
+            await asyncio.gather(*(worker(client) for client in clients))
+        elapsed = time.perf_counter() - started
+        _check_approved(clients)
+        ready.send(count / elapsed)
+
+    uvloop.run(main())
+
+
+def _in_process(count: int, freeze: bool) -> dict[str, Any]:
+    """switchd in this process, the simulator and the load generator in fresh interpreters:
+    this process's CPU and garbage collections for `count` authorizations after a warm-up.
+    Under `valgrind --tool=callgrind --trace-children=no`, two counts give switchd's
+    instructions per authorization (the difference of the totals over the difference of
+    the counts), whatever the machine's load."""
+    import resource  # noqa: PLC0415 - Unix only, this mode only
+
+    sim, sim_port = _spawn(_run_sim, "iso93-binary", fresh=True)
+    spawn = multiprocessing.get_context("spawn")
+    parent, child = spawn.Pipe()
+
+    async def received(loop: asyncio.AbstractEventLoop) -> Any:
+        """The generator's next message, without a thread (none to count, nor to trace)."""
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def readable() -> None:
+            loop.remove_reader(parent.fileno())
+            future.set_result(parent.recv())
+
+        loop.add_reader(parent.fileno(), readable)
+        return await future
+
+    async def measure() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        port = await _start_switchd(sim_port, freeze)
+        generator = spawn.Process(target=_run_generator, args=(port, count, child),
+                                  daemon=True)
+        generator.start()
+        try:
+            assert await received(loop) == "warm"
+            collections = sum(row["collections"] for row in gc.get_stats())
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            parent.send("go")
+            rate = await received(loop)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            collections = sum(row["collections"] for row in gc.get_stats()) - collections
+        finally:
+            generator.kill()
+            generator.join(5)
+        return {
+            "authorizations": count, "auth_per_s": round(rate),
+            "switchd_cpu_us_per_auth": round((after.ru_utime + after.ru_stime
+                                              - before.ru_utime - before.ru_stime)
+                                             / count * 1e6, 1),
+            "user_us_per_auth": round((after.ru_utime - before.ru_utime) / count * 1e6, 1),
+            "system_us_per_auth": round((after.ru_stime - before.ru_stime) / count * 1e6, 1),
+            "gc_collections_per_1000": round(collections * 1000 / count, 1),
+        }
+
+    try:
+        return uvloop.run(measure())
+    finally:
+        sim.kill()
+        sim.join(5)
 
 
 # -- load generator ---------------------------------------------------------------------------
@@ -350,7 +447,22 @@ def main() -> int:
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() in switchd after start-up too (the simulators, the "
                              "relay and the load generator always do)")
+    parser.add_argument("--in-process", type=int, metavar="N",
+                        help="only switchd's own cost: N authorizations through a switchd in "
+                             "this process (simulator and load generator in fresh "
+                             "interpreters), its CPU per authorization; run twice under "
+                             "callgrind for instructions per authorization (README-auth)")
     args = parser.parse_args()
+    if args.in_process:
+        report = {"benchmark": "auth-in-process", "switchd_gc_freeze": args.gc_freeze,
+                  "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "load_average": os.getloadavg()[0],
+                  "figures": _in_process(args.in_process, args.gc_freeze)}
+        print(json.dumps(report, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     seconds = 4.0 if args.quick else 15.0
     FRAMES.extend(_frames(n) for n in range(CONNECTIONS))
     processes = []
