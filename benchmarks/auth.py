@@ -558,7 +558,8 @@ def main() -> int:
     report = {
         "benchmark": "auth", "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "load_average": [round(value, 2) for value in os.getloadavg()]},
         "quick": args.quick, "seconds_per_phase": seconds, "connections": CONNECTIONS,
         "switchd_gc_freeze": args.gc_freeze,
         "figures": figures, "targets": TARGETS, "met": met,
