@@ -48,6 +48,15 @@ answers went: the terminal's answer never waits for it (`storage.authlog`).
 
 Per request, nothing arms a timer of its own: the terminal's deadline and the acquirer's
 response timeout are entries in shared deadline queues (`routing.deadlines`).
+
+The usual request runs without a task (`Authorizer.__call__`): a refusal is answered at
+once, and a request its first usable acquirer can take now (link up, no PIN to translate,
+no MAC, a free window slot) is sent there and answered from the link's read callback
+(`AcquirerLink.send`, a `dispatch.Later`), with no coroutine or future. The acquirer's
+timeout is capped by the terminal's deadline, so no other timer is needed meanwhile. A
+step that has to be awaited (directory query, PIN, MAC, a full window) and whatever comes
+after a failed attempt (the next acquirers, stand-in) run as a task under the deadline,
+from the acquirer where the shortcut stopped, with the same steps.
 """
 
 from __future__ import annotations
