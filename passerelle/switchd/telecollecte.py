@@ -80,7 +80,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -188,6 +188,11 @@ class TelecollecteServices:
     # terminal or contract removed meanwhile is still refused by the writer at 0506.
     _known: dict[tuple[str, str | None, str | None], float] = field(default_factory=dict)
 
+    def remembered(self, serial: str, contract: str | None, application: str | None) -> bool:
+        """True when terminal and contract were found in the last minute (`known` would
+        answer (True, True) without a query): a 0306 is then answered without a task."""
+        return self._known.get((serial, contract, application), 0.0) > time.monotonic()
+
     async def known(self, serial: str, contract: str | None, application: str | None,
                     log: Any) -> tuple[bool, bool] | None:
         """(terminal known, contract known) or None when PostgreSQL cannot tell now."""
@@ -239,6 +244,15 @@ class _File:
     # `_local_clock` of the services' clock, read again at the first 0246 of each window:
     # a day's slack makes a clock some seconds old as good, at one read per window.
     clock: tuple[int, int | None] | None = None
+
+
+class _Header(NamedTuple):
+    """A 0306 read and checked, its file not open yet (the lookup may still refuse it)."""
+
+    terminal: str
+    contract: str
+    tags: dict[str, str]
+    file: _File
 
 
 @dataclass
@@ -523,9 +537,8 @@ class Telecollecte:
                     return echo(message, context)
                 return self._guarded(self._sign_on(message, context, dialogue, function),
                                      message, context, dialogue)
-            if mti in ("0306", "0307"):
-                return self._guarded(self._header(message, context, dialogue),
-                                     message, context, dialogue)
+            if mti in ("0306", "0307"):  # synchronous when the lookup is remembered
+                return self._header(message, context, dialogue)
             if mti in ("0506", "0507"):
                 return self._guarded(self._end(message, context, dialogue),
                                      message, context, dialogue)
@@ -610,8 +623,8 @@ class Telecollecte:
         return message.respond("0814", {39: "00"})
 
     # -- 0306 header -------------------------------------------------------------------------
-    async def _header(self, message: Message, context: SessionContext,
-                      dialogue: _Dialogue) -> Answer:
+    def _header(self, message: Message, context: SessionContext,
+                dialogue: _Dialogue) -> Answer | Awaitable[Answer]:
         file = dialogue.file
         if (message.mti == "0307" and file is not None and not file.transactions
                 and _tag_int(_tags(message, 47), "RN", 0, 999_999) == file.remise_number):
@@ -639,25 +652,41 @@ class Telecollecte:
             raise Refused("30", f"{count} messages announced, at most "
                           f"{services.max_messages}", 72)
         tags = _tags(message, 47)
-        remise_number = _tag_int(tags, "RN", 0, 999_999)
-        file_number = _tag_int(tags, "FN", 0, 999_999)
-        window = min(_tag_int(tags, "FW", 1, 999), services.max_window)
-        known = await services.known(terminal, contract, application, context.log)
+        header = _Header(terminal, contract, tags, _File(
+            application, currency, _tag_int(tags, "RN", 0, 999_999),
+            _tag_int(tags, "FN", 0, 999_999),
+            count, min(_tag_int(tags, "FW", 1, 999), services.max_window)))
+        if services.remembered(terminal, contract, application):
+            return self._open_file(message, context, dialogue, header, (True, True))
+        return self._guarded(self._looked_up(message, context, dialogue, header),
+                             message, context, dialogue)
+
+    async def _looked_up(self, message: Message, context: SessionContext,
+                         dialogue: _Dialogue, header: _Header) -> Answer:
+        """`_header`, once PostgreSQL said whether it knows the terminal and contract."""
+        known = await self.services.known(header.terminal, header.contract,
+                                          header.file.application, context.log)
+        return self._open_file(message, context, dialogue, header, known)
+
+    def _open_file(self, message: Message, context: SessionContext, dialogue: _Dialogue,
+                   header: _Header, known: tuple[bool, bool] | None) -> Answer:
+        terminal, contract, tags, file = header
         if known is not None:
             if not known[0]:
                 raise Refused("58", f"unknown terminal {terminal!r}", 41)
             if not known[1]:
                 raise Refused("03", f"unknown contract {contract!r} for application "
-                              f"{application!r}", 42)
+                              f"{file.application!r}", 42)
         dialogue.contract = contract
-        dialogue.file = _File(application, currency, remise_number, file_number, count, window)
+        dialogue.file = file
         dialogue.phase = Phase.RECEIVING
         context.busy = True  # the terminal owes us the file: a drain waits for it
         context.log.info("telecollecte.file_opened", terminal=terminal, contract=contract,
-                         application=application, remise=remise_number, file=file_number,
-                         messages=count, window=window)
+                         application=file.application, remise=file.remise_number,
+                         file=file.file_number, messages=file.count, window=file.window)
         return message.respond("0316", {39: "00", 47: (*(
-            (tag, value) for tag, value in tags.items() if tag != "FW"), ("FW", str(window)))})
+            (tag, value) for tag, value in tags.items() if tag != "FW"),
+            ("FW", str(file.window)))})
 
     # -- 0246 stored transactions ------------------------------------------------------------
     def _transaction(self, message: Message, context: SessionContext,
