@@ -24,6 +24,7 @@ one ``except``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 __all__ = [
@@ -85,9 +86,11 @@ class LengthPrefixFramer:
             # The usual chunk: exactly one whole frame, nothing buffered. No copy into
             # the buffer and out again. (A precompiled struct reads the length in one C
             # call; int.from_bytes on a slice costs a few times as much.)
-            length = (_UNPACK_U32 if hs == 4 else _UNPACK_U16)(data)[0]
+            unpack = _UNPACK_U32 if hs == 4 else _UNPACK_U16
+            length = unpack(data)[0]
             if length == len(data) - hs and length <= self.max_frame:
                 return [data[hs:]]
+            return self._split(data, unpack)
         buf += data
         frames: list[bytes] = []
         pos = 0
@@ -106,6 +109,28 @@ class LengthPrefixFramer:
             pos = start + length
         if pos:
             del buf[:pos]
+        return frames
+
+    def _split(self, data: bytes, unpack: Callable[[bytes, int], tuple[int]]) -> list[bytes]:
+        """`feed` of a chunk arriving with nothing buffered: whole frames cut straight out of
+        it (one copy each; a multiplexed link reads many per chunk), only a partial tail
+        kept in the buffer."""
+        hs, limit = self.header_size, self.max_frame
+        frames: list[bytes] = []
+        pos, end = 0, len(data)
+        while end - pos >= hs:
+            length = unpack(data, pos)[0]
+            if length > limit:
+                raise FramingError(
+                    f"frame length {length} exceeds the maximum of {limit} bytes"
+                )
+            start = pos + hs
+            if end - start < length:
+                break
+            frames.append(data[start : start + length])
+            pos = start + length
+        if pos < end:
+            self._buf += memoryview(data)[pos:]
         return frames
 
     def frame(self, payload: bytes | bytearray | memoryview) -> bytes:

@@ -28,14 +28,19 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     header=st.sampled_from([2, 4]),
     payloads=st.lists(st.binary(max_size=300), max_size=8),
     cuts=st.lists(st.integers(min_value=0), max_size=20),
+    kinds=st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=1),
 )
-def test_round_trip_in_any_chunks(header: int, payloads: list[bytes], cuts: list[int]) -> None:
+def test_round_trip_in_any_chunks(header: int, payloads: list[bytes], cuts: list[int],
+                                  kinds: list[type]) -> None:
+    """Whatever the cuts (several frames and a partial one in a chunk, a header split in
+    two) and whatever buffer type a chunk comes in, the frames come out whole, in order."""
     framer = LengthPrefixFramer(header, 1000)
     stream = b"".join(framer.frame(p) for p in payloads)
     received = []
-    for chunk in _chunks(stream, cuts):
-        received += framer.feed(chunk)
+    for chunk, kind in zip(_chunks(stream, cuts), itertools.cycle(kinds)):
+        received += framer.feed(kind(chunk))
     assert received == payloads
+    assert all(frame.__class__ is bytes for frame in received)
     assert framer.pending == 0
 
 
