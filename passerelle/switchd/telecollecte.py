@@ -448,7 +448,10 @@ class _Subfields:
     (length prefix included) mean is kept, per profile, and a 0246 costs a slice and a
     dict lookup instead of a sub-element decoding. The same bytes decode to the same
     values: a field the codec refuses is never kept, and raises as it did the first time.
-    Bounded whatever terminals send (cleared when full)."""
+    Only fields made of the tags in `_KEPT_47` / `_KEPT_55` are kept: nothing of a card
+    (an EMV 5A or 57 would carry its number) stays in memory past its 0246, and fields
+    that vary with every card would only fill the cache. Bounded whatever terminals send
+    (cleared when full)."""
 
     __slots__ = ("_aids", "_profile", "_tags")
     _MAX = 4096
@@ -491,29 +494,36 @@ class _Subfields:
 
     def _tags_of(self, message: Message, raw: bytes) -> tuple[str | None, str | None]:
         issuer = product = None
-        for tag, value in message.get(47) or ():
+        elements = message.get(47) or ()
+        for tag, value in elements:
             if tag == "IS" and issuer is None:
                 issuer = value.strip()[:64] or None
             elif tag == "PR" and product is None:
                 product = value.strip()[:64] or None
-        if len(self._tags) >= self._MAX:
-            self._tags.clear()
-        self._tags[raw] = issuer, product
+        if all(tag in _KEPT_47 for tag, _ in elements):
+            if len(self._tags) >= self._MAX:
+                self._tags.clear()
+            self._tags[raw] = issuer, product
         return issuer, product
 
     def _aid_of(self, message: Message, raw: bytes) -> str | None:
         aid = None
-        for tag, value in message.get(55) or ():
+        elements = message.get(55) or ()
+        for tag, value in elements:
             if tag == "9F06":
                 aid = value.hex().upper()
                 break
-        if len(self._aids) >= self._MAX:
-            self._aids.clear()
-        self._aids[raw] = aid
+        if all(tag in _KEPT_55 for tag, _ in elements):
+            if len(self._aids) >= self._MAX:
+                self._aids.clear()
+            self._aids[raw] = aid
         return aid
 
 
 _UNSEEN = object()
+# Tags naming the issuer, product or application, never the card: what `_Subfields` keeps.
+_KEPT_47 = frozenset({"IS", "PR"})
+_KEPT_55 = frozenset({"9F06", "4F", "84", "50", "9F12"})  # AID, DF name, labels
 
 
 # -- the dialogue ----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from passerelle.switchd.telecollecte import (
     _File,
     _local_time,
     _local_time_of,
+    _Subfields,
     totals_fields,
 )
 
@@ -109,6 +110,30 @@ def test_issuer_product_and_aid_read_the_same_every_time(
             next((v.strip()[:64] for t, v in decoded if t == tag and v.strip()), None)
             for tag in ("IS", "PR"))
         assert read.aid == dict(message.get(55))["9F06"].hex().upper()
+
+
+def test_card_data_in_fields_47_and_55_is_read_but_not_kept() -> None:
+    """A field 55 carrying the card (EMV 5A, 57) next to the AID, or a 47 with a tag of
+    its own, is read for every 0246 and never kept by the issuer/AID cache."""
+    batch = _batch(count=2)
+    tx = batch.transactions[0]
+    track2 = tx.pan + "D2812201"  # BCD, padded with F as EMV does
+    track2_equivalent = bytes.fromhex(track2 + "F" * (len(track2) % 2))
+    card = bytes.fromhex(tx.pan + "F" * (len(tx.pan) % 2))
+    dialogue = _dialogue()
+    file = _File("CONECS", 978, 1, 1, 2, 8)
+    for number, tx in enumerate(batch.transactions, 1):
+        values = Message.parse(transaction_message(batch, number, tx), CB2A).to_dict()
+        values[55] = (("5A", card), ("57", track2_equivalent),
+                      ("9F06", bytes.fromhex("A0000000421010")))
+        values[47] = (("IS", "EDENRED"), ("XX", tx.pan[-8:]), ("PR", "TICKET"))
+        message = Message.parse(encode(CB2A, "0246", values), CB2A)
+        read = dialogue._read_transaction(message, file, number)
+        assert (read.issuer, read.product, read.aid) == ("EDENRED", "TICKET",
+                                                         "A0000000421010")
+    kept = _Subfields.of(message)
+    for raw in (*kept._tags, *kept._aids):
+        assert card not in raw and tx.pan[-8:].encode() not in raw
 
 
 def test_a_damaged_field_47_is_refused_every_time_it_comes() -> None:
