@@ -31,6 +31,7 @@ from psycopg.errors import error_from_result
 from psycopg.generators import execute, fetch_many, send
 from psycopg.pq import Escaping, ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGconn, PGresult
+from psycopg.waiting import Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from passerelle.storage.db import StorageError, translate_errors
@@ -605,7 +606,9 @@ class _Claim(NamedTuple):
 def _finish_copy(pgconn: PGconn, payload: bytes) -> PQGen[list[PGresult]]:
     """Round trip 2 (a psycopg generator, for `conn.wait`): the COPY data and its end in
     one flush, then every result to the end of the message."""
-    if pgconn.put_copy_data(payload) != 1 or pgconn.put_copy_end(None) != 1:
-        raise StorageError("libpq could not queue the COPY data")
+    while pgconn.put_copy_data(payload) == 0:  # libpq's buffer full: as psycopg's copy
+        yield Wait.W
+    while pgconn.put_copy_end(None) == 0:
+        yield Wait.W
     yield from send(pgconn)
     return (yield from fetch_many(pgconn))

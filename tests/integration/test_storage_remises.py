@@ -132,6 +132,20 @@ def test_concurrent_duplicates_are_stored_once(db_dsn: str) -> None:
     assert _count(db_dsn, "SELECT count(*) FROM transactions") == 200
 
 
+def test_a_file_of_the_largest_size_is_stored_whole(db_dsn: str) -> None:
+    # 9999 transactions (the dialogue's max_messages): a COPY payload of megabytes, sent
+    # in the one message with the claim, more than a socket buffer takes at once.
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=9999, seed=11)
+
+    outcome = run_with_writer(db_dsn, lambda w: w.store(remise))
+
+    assert outcome.stored and outcome.transaction_count == 9999
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 9999
+    assert _count(db_dsn, "SELECT sum(amount) FROM transactions") == sum(
+        tx.amount for tx in remise.transactions)
+
+
 def test_empty_remise_is_stored(db_dsn: str) -> None:
     setup_fleet(db_dsn)
     remise = make_remise(transactions=0)
