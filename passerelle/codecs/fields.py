@@ -15,6 +15,16 @@ from enum import IntEnum, StrEnum
 from passerelle.codecs.masking import Mask
 
 
+class Encoded(bytes):
+    """A field's wire bytes, length prefix included: `Message.respond` copies such a value
+    as it is, for a caller that made it straight from another message's bytes (an
+    acquirer's chip data turned into the terminal's sub-elements) rather than from a
+    value. (Here, not in the engine: mypyc compiles the engine, and a compiled class
+    cannot subclass bytes.)"""
+
+    __slots__ = ()
+
+
 class Kind(StrEnum):
     N = "n"  # numeric digits
     AN = "an"  # alphanumeric

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from passerelle.codecs.errors import CodecError
-from passerelle.codecs.fields import FieldSpec, Parse
+from passerelle.codecs.fields import Encoded, FieldSpec, Parse
 from passerelle.codecs.layout import Layout, Recipe, read_units
 from passerelle.codecs.masking import apply_mask
 from passerelle.codecs.profile import MAX_CACHED_LAYOUTS, Profile
@@ -37,14 +37,6 @@ _BITS: tuple[tuple[int, ...], ...] = tuple(
 _LOW64 = (1 << 64) - 1
 # Field n's bit in a bitmap held as a 128-bit integer (field 1 is the top bit).
 _FIELD_BIT: tuple[int, ...] = tuple(1 << (128 - n) if n else 0 for n in range(129))
-
-
-class Encoded(bytes):
-    """A field's wire bytes, length prefix included: `respond` copies such a value as it
-    is, for a caller that made it straight from another message's bytes (an acquirer's
-    chip data turned into the terminal's sub-elements) rather than from a value."""
-
-    __slots__ = ()
 
 
 class Message:

@@ -17,8 +17,8 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
-from passerelle.codecs.iso8583 import CodecError, Encoded, Message, encode
+from passerelle.codecs.fields import Data, Encoded, FieldSpec, Kind, Prefix
+from passerelle.codecs.iso8583 import CodecError, Message, encode
 from passerelle.codecs.layout import read_units
 from passerelle.codecs.profiles import get_profile
 from passerelle.codecs.subfields import SUBFIELD_CODECS

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from passerelle.codecs.errors import CodecError
-from passerelle.codecs.fields import Data, FieldSpec, Kind, Prefix
-from passerelle.codecs.iso8583 import Encoded, Message, encode, encode_field
+from passerelle.codecs.fields import Data, Encoded, FieldSpec, Kind, Prefix
+from passerelle.codecs.iso8583 import Message, encode, encode_field
 from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import PROFILES
 from passerelle.codecs.subfields import SUBFIELD_CODECS
