@@ -1,0 +1,71 @@
+"""switchd's JSON log lines: whatever an event carries, no card number leaves in clear."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from passerelle.switchd import logs
+
+
+def _luhn_complete(body: str) -> str:
+    for check in "0123456789":
+        candidate = body + check
+        total = 0
+        for index, char in enumerate(reversed(candidate)):
+            value = int(char)
+            if index & 1:
+                value = value * 2 - 9 if value > 4 else value * 2
+            total += value
+        if total % 10 == 0:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+pans = st.builds(_luhn_complete, st.from_regex(r"[1-9][0-9]{11,17}", fullmatch=True))
+texts = st.text(alphabet=st.characters(blacklist_categories=["Nd"]), max_size=20)
+
+
+class _Opaque:
+    """An object msgspec cannot encode: the renderer falls back to its str."""
+
+    def __init__(self, pan: str) -> None:
+        self.pan = pan
+
+    def __str__(self) -> str:
+        return f"card {self.pan}"
+
+
+def _line(**event: object) -> str:
+    stream = io.BytesIO()
+    logs.configure("info", stream)
+    logs.get_logger().info("test.event", **event)
+    return stream.getvalue().decode()
+
+
+@given(pans, texts, texts)
+def test_a_pan_in_any_shape_leaves_masked(pan: str, before: str, after: str) -> None:
+    line = _line(
+        text=f"{before}{pan}{after}", raw=bytes.fromhex(pan + "0" * (len(pan) % 2)),
+        number=int(pan), nested={"list": [pan, (pan,)]}, opaque=_Opaque(pan),
+        track=f"{pan}=2812101123400001",
+    )
+    assert pan not in line
+    event = json.loads(line)
+    assert event["text"] == f"{before}{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}{after}"
+    assert event["track"] == f"{pan[:6]}******{pan[-4:]}=****"
+    assert event["number"] == f"{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}"
+    assert event["opaque"].startswith("card " + pan[:6])
+
+
+@given(st.text(max_size=40).filter(lambda t: not any(c.isdigit() for c in t)),
+       st.integers(min_value=-(10**11), max_value=10**12 - 1),
+       st.floats(allow_nan=False, allow_infinity=False))
+def test_values_without_card_numbers_are_unchanged(text: str, number: int, ratio: float) -> None:
+    event = json.loads(_line(text=text, number=number, ratio=ratio, flag=True, nothing=None,
+                             stan="000123", terminal="12345678"))
+    assert (event["text"], event["number"], event["ratio"]) == (text, number, ratio)
+    assert (event["flag"], event["nothing"], event["stan"]) == (True, None, "000123")
