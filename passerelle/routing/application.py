@@ -57,10 +57,37 @@ def family_of_bin(pan: str) -> str:
     return "CB"
 
 
+_AID_TAGS = (b"\x9f\x06", b"\x00\x4f", b"\x00\x84")  # 9F06, 4F, 84 as CB2A writes them
+
+
+def icc_aid(body: bytes) -> tuple[bool, str | None]:
+    """(well formed, AID) of CB2A field 55's bytes (2-byte tag, 1-byte length, value),
+    walked without building its pairs: a chip request carries a score of them and only
+    the AID is read here. Not well formed (a header or a value running past the end): the
+    caller decodes the field, which names the error."""
+    pos, end = 0, len(body)
+    aid = None
+    while pos < end:
+        start = pos + 3
+        if start > end:
+            return False, None
+        stop = start + body[pos + 2]
+        if stop > end:
+            return False, None
+        if aid is None and body[pos:pos + 2] in _AID_TAGS:
+            aid = body[start:stop].hex().upper()
+        pos = stop
+    return True, aid
+
+
 def _aid(message: Message, icc: Any = None) -> str | None:
     if icc is None and 55 in message:
         icc = message.get(55)
-    if icc:
+    if icc.__class__ is bytes:  # field 55's bytes, already checked (`icc_aid`)
+        found = icc_aid(icc)[1]
+        if found is not None:
+            return found
+    elif icc:
         for tag, value in icc:
             if tag in ("9F06", "004F", "0084", "4F", "84"):
                 return value.hex().upper()
@@ -85,8 +112,8 @@ def family_of_aid(aid: str) -> str | None:
 def read_application(message: Message, pan: str, contract_application: str | None = None,
                      icc: Any = None, entry_mode: Any = ...) -> str:
     """The application of a terminal's 0100 (see the module docstring for the rules);
-    `icc` is field 55 and `entry_mode` field 22 (None: absent) when the caller has
-    already decoded them."""
+    `icc` is field 55 (its pairs, or its bytes once `icc_aid` found them well formed) and
+    `entry_mode` field 22 (None: absent) when the caller has already read them."""
     if contract_application in CONTRACT_APPLICATIONS:
         return contract_application
     if entry_mode is ...:

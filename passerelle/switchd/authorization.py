@@ -80,7 +80,7 @@ from passerelle.codecs.iso8583 import CodecError, Message
 from passerelle.codecs.profiles import get_profile
 from passerelle.hsm.errors import HSMError
 from passerelle.routing import translate
-from passerelle.routing.application import read_application
+from passerelle.routing.application import icc_aid, read_application
 from passerelle.routing.deadlines import Deadlines
 from passerelle.routing.errors import LinkDown, LinkLost, LinkTimeout, RoutingError
 from passerelle.routing.link import AcquirerLink
@@ -294,10 +294,10 @@ class AuthServices:
 
 
 # The request's fields the dialogue reads, converted in one `pick`: PAN, amount, STAN,
-# expiry, entry mode, track 2, terminal, contract, currency, chip data. So a field among
-# them that cannot be decoded is answered 30 (naming the first, in wire order) before any
-# check of the values, whatever those would have said.
-_READ = (2, 4, 11, 14, 22, 35, 41, 42, 49, 55)
+# expiry, entry mode, track 2, terminal, contract, currency; the chip data (55) is only
+# walked for its AID (`icc_aid`). A field among them that cannot be decoded is answered 30
+# (naming the first, in wire order, 55 last) before any check of the values.
+_READ = (2, 4, 11, 14, 22, 35, 41, 42, 49)
 
 
 def _expired(expiry: str, now: datetime) -> bool:
@@ -498,8 +498,13 @@ class Authorizer:
 
     def _check(self, message: Message, state: _Attempt) -> bytes | None:
         """Card, expiry, amount and currency: the 0110 refusing the request, or None."""
-        (pan, amount_text, stan, expiry, mode, track, terminal, contract, currency_text,
-         icc) = message.pick(_READ)
+        (pan, amount_text, stan, expiry, mode, track, terminal, contract,
+         currency_text) = message.pick(_READ)
+        icc = None
+        if 55 in message:
+            icc = message.body(55)
+            if not icc_aid(icc)[0]:
+                message.get(55)  # raises the CodecError naming what is wrong
         pan = pan or ""
         if track is not None:
             head, _, tail = track.upper().replace("=", "D").partition("D")
@@ -512,8 +517,8 @@ class Authorizer:
         state.currency = currency = int(currency_text) if currency_text is not None else 978
         state.terminal = terminal = (terminal or "").strip()
         state.contract = (contract or "").strip()
-        state.known = {2: pan, 11: stan or "", 55: icc, 41: terminal}
-        state.entry_mode = mode
+        state.known = {2: pan, 11: stan or "", 41: terminal}
+        state.entry_mode, state.icc = mode, icc
         if not luhn_valid(pan):
             return self._answer(message, state, "14")
         state.now = now = datetime.now(UTC)
@@ -532,7 +537,7 @@ class Authorizer:
             return self._answer(message, state, "03")
         pan = state.pan
         state.application = application = read_application(
-            message, pan, info.application, state.known[55], state.entry_mode)
+            message, pan, info.application, state.icc, state.entry_mode)
         route = self.s.router.match(application, pan, state.contract, state.currency or 0)
         if route is None:
             return self._answer(message, state, "92")
@@ -797,8 +802,8 @@ class _Attempt:
     where it stands (the acquirer it waits for, as `_on_reply` needs it)."""
 
     __slots__ = ("acquirer", "acquirer_time", "amount", "application", "chain", "code",
-                 "contract", "currency", "deadline", "entry_mode", "expiry", "index", "key",
-                 "known",
+                 "contract", "currency", "deadline", "entry_mode", "expiry", "icc", "index",
+                 "key", "known",
                  "later", "link", "message", "now", "overdue", "pan", "sent", "stand_in",
                  "started", "terminal", "wire")
 
@@ -816,6 +821,7 @@ class _Attempt:
         self.application: str | None = None
         self.known: dict[int, Any] = {}  # fields already converted (translate.to_acquirer)
         self.entry_mode: str | None = None  # field 22
+        self.icc: bytes | None = None  # field 55's bytes, found well formed
         self.chain: tuple[str, ...] = ()  # the route's acquirers
         self.index = 0  # the one being tried
         self.acquirer: AcquirerSettings | None = None

@@ -109,12 +109,20 @@ def test_format_error_names_the_field(tmp_path: Path) -> None:
         async with auth_stack(tmp_path) as stack:
             bad_expiry = auth_request(stan=9, expiry="2613")  # month 13
             truncated = auth_request(stan=10)[:-20]
-            answers = await _ask(stack.port, bad_expiry, truncated)
+            # Chip data whose first sub-element claims more bytes than field 55 holds.
+            request = auth_request(stan=11)
+            start = request.index(bytes(Message.parse(request, CB2A).raw(55)))
+            broken_icc = bytearray(request)
+            broken_icc[start + 3] = 0xFF  # after 55's length byte and the 2-byte tag
+            answers = await _ask(stack.port, bad_expiry, truncated, bytes(broken_icc))
             assert answers[0].get(39) == "30"
             assert answers[0].get(44) == (("AA", "01400"),)
             assert answers[1].get(39) == "30"
             assert answers[1].get(44)[0][0] == "AA"
             assert answers[1].get(11) == "000010"
+            assert answers[2].get(39) == "30"
+            assert answers[2].get(44) == (("AA", "05500"),)
+            assert sum(sim.requests["1100"] for sim in stack.sims.values()) == 0
 
     run(scenario())
 

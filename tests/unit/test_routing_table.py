@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.codecs.profiles import get_profile
-from passerelle.routing.application import APPLICATIONS, read_application
+from passerelle.codecs.subfields import SUBFIELD_CODECS, SubElementError
+from passerelle.routing.application import APPLICATIONS, icc_aid, read_application
 from passerelle.routing.errors import RoutingError
 from passerelle.routing.table import (
     Route,
@@ -219,3 +220,25 @@ def test_check_config_reads_the_routes_table_and_its_file(tmp_path: Path) -> Non
         "routes.acquirers (b): response_timeout 20.0 s leaves no time for failover before "
         "the 15.0 s deadline",
         "route 'route-1': unknown acquirer 'a'"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["9F06", "004F", "0084", "9F26", "0091", "DF80"]),
+                          st.binary(max_size=20)), max_size=6),
+       st.integers(0, 200), st.binary(max_size=3))
+def test_the_aid_walked_from_the_bytes_is_the_one_the_pairs_give(
+        items: list[tuple[str, bytes]], cut: int, tail: bytes) -> None:
+    """`icc_aid` reads field 55's bytes as the CB-TLV codec does: well formed exactly when
+    the codec decodes them, and then the AID of the first AID tag, as from the pairs."""
+    codec = SUBFIELD_CODECS["cb-tlv"]
+    body = codec.encode(items)
+    body = body[:cut] + tail if cut < len(body) else body
+    sound, aid = icc_aid(body)
+    try:
+        pairs = codec.decode(body)
+    except SubElementError:
+        assert not sound
+        return
+    assert sound
+    expected = next((value.hex().upper() for tag, value in pairs
+                     if tag in ("9F06", "004F", "0084")), None)
+    assert aid == expected
