@@ -576,14 +576,40 @@ def terminal_answer(request: Message, code: str, approval: str | None = None,
     changes[44] = additional
     if issuer_data:
         if issuer_data.__class__ is CbTlv:
-            spec = request.profile.specs[55]
-            if spec is not None and spec.sub == "cb-tlv" and spec.prefix is Prefix.BINARY \
-                    and spec.prefix_size == 1:
+            if _cb_tlv_bin1(request, 55):
                 issuer_data = Encoded(_LENGTH_PREFIX[len(issuer_data)] + issuer_data)
             else:
                 issuer_data = SUBFIELD_CODECS["cb-tlv"].decode(issuer_data)
         changes[55] = issuer_data
     if 59 in request:  # what the terminal said about itself, minus its capabilities (0101)
-        kept = tuple(item for item in request.get(59) if item[0] != "0101")
-        changes[59] = kept or None
+        changes[59] = _without_capabilities(request)
     return request.respond(answer_mti(request.mti), changes)
+
+
+def _cb_tlv_bin1(request: Message, number: int) -> bool:
+    """Field `number` of the request's profile is CB-TLV behind a 1-byte binary length."""
+    spec = request.profile.specs[number]
+    return spec is not None and spec.sub == "cb-tlv" and spec.prefix is Prefix.BINARY \
+        and spec.prefix_size == 1
+
+
+def _without_capabilities(request: Message) -> Any:
+    """Field 59 of the request without its 0101 sub-element, for the answer (None: left
+    out). Cut from the field's bytes when they are well formed (a terminal sends 59 with
+    every request), else through the pairs, which names what is wrong."""
+    if _cb_tlv_bin1(request, 59):
+        body = request.body(59)
+        kept: list[bytes] = []
+        pos, end = 0, len(body)
+        while pos < end:
+            stop = pos + 3 + body[pos + 2] if pos + 3 <= end else end + 1
+            if stop > end:
+                break
+            if body[pos:pos + 2] != b"\x01\x01":
+                kept.append(body[pos:stop])
+            pos = stop
+        else:
+            joined = b"".join(kept)
+            return Encoded(_LENGTH_PREFIX[len(joined)] + joined) if joined else None
+    kept_pairs = tuple(item for item in request.get(59) if item[0] != "0101")
+    return kept_pairs or None

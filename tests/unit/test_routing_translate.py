@@ -149,3 +149,18 @@ def test_issuer_data_bytes_match_the_pairs_path(items: list[tuple[str, bytes]],
     answer = Message.parse(translate.terminal_answer(_vector("0100-emv"), "00", "123456",
                                                      fast), CB2A)
     assert answer.get(55) == (pairs or None)  # no sub-element: no field 55
+
+
+@given(st.lists(st.tuples(st.sampled_from(["0101", "0102", "0200", "020B"]),
+                          st.binary(max_size=30)), max_size=6))
+def test_the_answer_keeps_field_59_without_the_capabilities(
+        items: list[tuple[str, bytes]]) -> None:
+    """Whatever sub-elements a terminal puts in 59, its answer carries the same ones, in
+    order, less 0101 (its capabilities), and no field 59 when nothing is left."""
+    values = _vector("0100-emv").to_dict()
+    values[59] = tuple(items)
+    request = Message.parse(encode(CB2A, "0100", values), CB2A)
+    answer = Message.parse(translate.terminal_answer(request, "00", "123456"), CB2A)
+    kept = tuple(item for item in items if item[0] != "0101")
+    assert answer.get(59) == (kept or None)
+    assert answer.get(38) == "123456" and answer.get(2) == request.get(2)
