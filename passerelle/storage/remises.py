@@ -34,7 +34,7 @@ from psycopg.pq.abc import PGconn, PGresult
 from psycopg.waiting import Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from passerelle.storage.db import StorageError, translate_errors
+from passerelle.storage.db import DatabaseUnavailable, StorageError, translate_errors
 
 Operation = Literal["purchase", "refund", "cancellation"]
 Result = Literal["approved", "declined"]
@@ -474,6 +474,10 @@ class RemiseWriter:
                 return await self._store_once(remise, spooled, logged)
             except PoolTimeout:
                 raise  # no connection at all: the database is away
+            except psycopg.errors.UndefinedFunction as exc:
+                # Migration 0008's function is missing: the database came back empty (as
+                # its missing tables would say): retry once it is migrated, not a bad remise.
+                raise DatabaseUnavailable(f"{what}: schema not migrated: {exc}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 # Pooled connections the server dropped (restart, failover) fail on first
                 # use: sort out the idle ones at once and, storing being idempotent, try
@@ -490,6 +494,8 @@ class RemiseWriter:
             pgconn = conn.pgconn
             if pgconn.transaction_status != TransactionStatus.IDLE:
                 raise StorageError("a pooled connection was handed over inside a transaction")
+            if conn.info.encoding != "utf-8":
+                await _use_utf8(conn)
             encoding = conn.info.encoding
             pgconn.send_query(_claim_and_copy(
                 Escaping(pgconn).escape_literal, encoding, remise, computed, status=status,
@@ -585,10 +591,12 @@ class _Claim(NamedTuple):
     @classmethod
     def read(cls, results: list[PGresult], encoding: str) -> _Claim:
         """From the results of round trip 1: the claim's row, then COPY_IN."""
+        for result in results:  # the claim's error, or the COPY's as it starts (a lock
+            if result.status == ExecStatus.FATAL_ERROR:  # wait cancelled): its own class
+                raise error_from_result(result, encoding=encoding)
         claim = results[0]
-        if claim.status != ExecStatus.TUPLES_OK:
-            raise error_from_result(claim, encoding=encoding)
-        if len(results) != 2 or results[1].status != ExecStatus.COPY_IN:
+        if (len(results) != 2 or claim.status != ExecStatus.TUPLES_OK
+                or results[1].status != ExecStatus.COPY_IN):
             raise StorageError("the server did not wait for the COPY after the claim")
         (remise_id, stored, stored_status, stored_correct, stored_count, terminal_id, maker,
          contract_id, rang, bank_code, label, trade_name, siret) = (
@@ -601,6 +609,15 @@ class _Claim(NamedTuple):
                      int(contract_id) if contract_id is not None else None,
                      rang, bank_code, None, label, trade_name, siret),  # type: ignore[arg-type]
         )
+
+
+async def _use_utf8(conn: psycopg.AsyncConnection) -> None:
+    """Set the session's client encoding to UTF-8, once per connection that has another
+    (a PGCLIENTENCODING, a LATIN1 database): the binary COPY's texts are UTF-8 (see
+    `_text`) and the server reads them in the client encoding, so any other one would
+    store every accented label garbled, without an error. psycopg's adapters follow."""
+    await conn.execute("SET client_encoding TO 'UTF8'")
+    await conn.commit()
 
 
 def _finish_copy(pgconn: PGconn, payload: bytes) -> PQGen[list[PGresult]]:

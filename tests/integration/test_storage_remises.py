@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import msgspec
 import psycopg
 import pytest
+from psycopg import sql
 
-from passerelle.storage.db import StorageError
+from passerelle.storage.db import DatabaseUnavailable, StorageError, StorageSettings, open_pool
 from passerelle.storage.fleet import upsert_terminal
 from passerelle.storage.pan import luhn_valid
 from passerelle.storage.remises import (
@@ -28,6 +31,7 @@ from passerelle.storage.remises import (
 from tests.integration.storage_helpers import make_remise, run_with_writer, setup_fleet
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 def _count(dsn: str, query: str, *params: object) -> int:
@@ -396,3 +400,180 @@ def test_search_filters_have_an_index(db_dsn: str, table: str, where: str, index
             row[0] for row in conn.execute(f"EXPLAIN SELECT * FROM {table} WHERE {where}")
         )
     assert f"_{index}_idx" in plan, plan
+
+
+# -- failures of the one-message claim + COPY (storage.remises._store_once) -------------------
+def _run(dsn: str, body: Callable[[RemiseWriter], Awaitable[T]], *,
+         statement_timeout_ms: int = 30_000) -> T:
+    """`body(writer)` on a fresh pool of one connection, as switchd opens it."""
+
+    async def main() -> T:
+        settings = StorageSettings(dsn=dsn, pool_max_size=1,
+                                   statement_timeout_ms=statement_timeout_ms)
+        async with open_pool(dsn, settings) as pool:
+            return await body(RemiseWriter(pool))
+
+    return asyncio.run(main())
+
+
+async def _pool_is_clean(writer: RemiseWriter) -> None:
+    """The pool's connection is back idle, with no result pending: a query runs on it."""
+    async with writer.pool.connection() as conn:
+        assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+
+
+def test_a_copy_that_cannot_start_in_time_is_unavailable_not_a_bad_remise(
+    db_dsn: str,
+) -> None:
+    # Retention drops a partition (ACCESS EXCLUSIVE on `transactions`) while a remise is
+    # stored: its COPY waits, then statement_timeout cancels it. As every timeout, that is
+    # "retry later" (the sink spools the remise), never a remise refused for good.
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=3)
+    with psycopg.connect(db_dsn) as locker:
+        locker.execute("LOCK TABLE transactions IN ACCESS EXCLUSIVE MODE")
+
+        async def blocked(writer: RemiseWriter) -> None:
+            with pytest.raises(DatabaseUnavailable, match="statement timeout"):
+                await writer.store(remise)
+            await _pool_is_clean(writer)
+
+        _run(db_dsn, blocked, statement_timeout_ms=300)
+        locker.rollback()
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
+    assert run_with_writer(db_dsn, lambda w: w.store(remise)).stored
+
+
+def test_a_database_without_the_claim_function_is_unavailable(db_dsn: str) -> None:
+    # A database that came back empty (restored, recreated) lacks migration 0008's
+    # function: like its missing tables, that is "retry once migrated", not a bad remise.
+    setup_fleet(db_dsn)
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("DROP FUNCTION passerelle_claim_remise")
+        conn.commit()
+
+    async def missing(writer: RemiseWriter) -> None:
+        with pytest.raises(DatabaseUnavailable):
+            await writer.store(make_remise())
+        await _pool_is_clean(writer)
+
+    _run(db_dsn, missing)
+
+
+def test_texts_are_stored_as_sent_whatever_the_client_encoding(db_dsn: str) -> None:
+    # The claim's literals are encoded for the connection; the COPY rows must be too.
+    setup_fleet(db_dsn)
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("UPDATE contracts SET label = 'CAFÉ DE L''ÉTÉ'")
+        conn.commit()
+    base = make_remise(transactions=2)
+    remise = msgspec.structs.replace(base, transactions=[
+        msgspec.structs.replace(tx, product="TITRE ÉTÉ") for tx in base.transactions])
+
+    outcome = _run(f"{db_dsn} client_encoding=LATIN1", lambda w: w.store(remise))
+
+    assert outcome.stored
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute("SELECT DISTINCT label, product FROM transactions").fetchall()
+    assert rows == [("CAFÉ DE L'ÉTÉ", "TITRE ÉTÉ")]
+
+
+def test_quotes_and_backslashes_stay_data_without_standard_conforming_strings(
+    db_dsn: str,
+) -> None:
+    serial = "TPE\\'; DROP TABLE remises; --"
+    with psycopg.connect(db_dsn) as conn:
+        (contract_id,) = conn.execute(
+            "INSERT INTO contracts (contract_number, application, bank_code)"
+            " VALUES ('1234567', 'CBEMV', '10278') RETURNING id").fetchone()
+        upsert_terminal(conn, serial, contract_id)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off")
+                     .format(sql.Identifier(conn.info.dbname)))
+        conn.commit()
+    remise = msgspec.structs.replace(make_remise(transactions=2), terminal_serial=serial)
+
+    async def store(writer: RemiseWriter) -> object:
+        async with writer.pool.connection() as conn:
+            assert (await (await conn.execute("SHOW standard_conforming_strings"))
+                    .fetchone()) == ("off",)
+        return await writer.store(remise)
+
+    outcome = _run(db_dsn, store)
+
+    assert outcome.stored
+    with psycopg.connect(db_dsn) as conn:
+        stored = conn.execute("SELECT terminal_serial FROM remises").fetchall()
+    assert stored == [(serial,)]
+
+
+def test_connections_the_server_closed_are_replaced_and_the_remise_stored(
+    db_dsn: str,
+) -> None:
+    # PostgreSQL restarted or an idle timeout closed the pool's connections: the first
+    # use fails, the writer sorts the pool out and stores, once.
+    setup_fleet(db_dsn)
+
+    async def after_restart(writer: RemiseWriter) -> tuple[object, object]:
+        first = await writer.store(make_remise(remise_number=1))
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        second = await writer.store(make_remise(remise_number=2))
+        await _pool_is_clean(writer)
+        return first, second
+
+    first, second = _run(db_dsn, after_restart)
+
+    assert first.stored and second.stored
+    assert _count(db_dsn, "SELECT count(*) FROM remises") == 2
+
+
+def test_a_claim_waits_for_a_concurrent_one_that_rolls_back_then_stores(
+    db_dsn: str,
+) -> None:
+    # Another node claimed the same remise and failed (its COPY refused): the waiting
+    # claim then takes the key and stores the remise, whole.
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=4)
+
+    async def race(writer: RemiseWriter) -> object:
+        other = await psycopg.AsyncConnection.connect(db_dsn)
+        await other.execute(
+            "INSERT INTO remise_keys (terminal_serial, contract_number, application,"
+            " remise_number, collected_at) VALUES ('TPE0000', '1234567', 'CBEMV', 1, now())")
+        waiting = asyncio.create_task(writer.store(remise))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # blocked on the other's key
+        await other.rollback()
+        await other.close()
+        return await waiting
+
+    outcome = _run(db_dsn, race)
+
+    assert outcome.stored and outcome.transaction_count == 4
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 4
+
+
+def test_a_cancelled_store_leaves_no_claim_and_a_clean_pool(db_dsn: str) -> None:
+    # The dialogue's task cancelled while the claim waits: the remise is not half stored,
+    # the next store on the same pool works and the terminal's retry stores it.
+    setup_fleet(db_dsn)
+    remise = make_remise(transactions=4)
+
+    async def cancelled(writer: RemiseWriter) -> object:
+        with psycopg.connect(db_dsn) as locker:
+            locker.execute("LOCK TABLE transactions IN ACCESS EXCLUSIVE MODE")
+            task = asyncio.create_task(writer.store(remise))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            locker.rollback()
+        await _pool_is_clean(writer)
+        return await writer.store(remise)
+
+    outcome = _run(db_dsn, cancelled)
+
+    assert outcome.stored
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 4
