@@ -36,6 +36,22 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from passerelle.storage.db import DatabaseUnavailable, StorageError, translate_errors
 
+
+def require_psycopg_3_3(version: str) -> None:
+    """Refuse to load with a psycopg other than 3.3.x (pyproject.toml pins it): `RemiseWriter`
+    drives libpq through psycopg's generators, `conn.wait` and `conn.pgconn`, which are not
+    public API, and a change in, say, where `fetch_many` stops would not fail: it would
+    store remises wrongly. An install that ignored the pin stops here, named."""
+    if not version.startswith("3.3."):
+        raise ImportError(
+            f"passerelle.storage.remises needs psycopg 3.3.x (internal API: "
+            f"psycopg.generators, AsyncConnection.wait, pgconn), found {version}: install "
+            f"'psycopg[binary]>=3.3,<3.4' as pyproject.toml pins it"
+        )
+
+
+require_psycopg_3_3(psycopg.__version__)
+
 Operation = Literal["purchase", "refund", "cancellation"]
 Result = Literal["approved", "declined"]
 
