@@ -186,6 +186,12 @@ class TelecollecteServices:
     _lookups_down_until: float = 0.0
     # Positive answers only, for a minute: a terminal's next file needs no query, and a
     # terminal or contract removed meanwhile is still refused by the writer at 0506.
+    # What an operator should know: this lookup and the writer check that the terminal and
+    # the contract exist, not `active` nor which contract the terminal is on now, so within
+    # the minute or after it a deactivated terminal, or one moved to another contract, still
+    # hands over its remise under the contract its 0306 names (the merchant's last sales
+    # are collected, not lost). Refusing a deactivated terminal at once would need that
+    # check in `_LOOKUP` and in migration 0008's function, and this memory dropped by mpctl.
     _known: dict[tuple[str, str | None, str | None], float] = field(default_factory=dict)
 
     def remembered(self, serial: str, contract: str | None, application: str | None) -> bool:
@@ -523,7 +529,8 @@ class _Subfields:
 _UNSEEN = object()
 # Tags naming the issuer, product or application, never the card: what `_Subfields` keeps.
 _KEPT_47 = frozenset({"IS", "PR"})
-_KEPT_55 = frozenset({"9F06", "4F", "84", "50", "9F12"})  # AID, DF name, labels
+# AID, DF name, labels; a one-byte tag also as CB-TLV spells it (two bytes: "004F").
+_KEPT_55 = frozenset({"9F06", "4F", "84", "50", "9F12", "004F", "0084", "0050"})
 
 
 # -- the dialogue ----------------------------------------------------------------------------
