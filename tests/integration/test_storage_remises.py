@@ -577,3 +577,62 @@ def test_a_cancelled_store_leaves_no_claim_and_a_clean_pool(db_dsn: str) -> None
 
     assert outcome.stored
     assert _count(db_dsn, "SELECT count(*) FROM transactions") == 4
+
+
+def _slow_rows(dsn: str, seconds: float) -> None:
+    """Each transaction row takes `seconds` to insert: a COPY that is still running."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"""
+            CREATE FUNCTION test_slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$""")
+        conn.execute("CREATE TRIGGER test_slow BEFORE INSERT ON transactions"
+                     " FOR EACH ROW EXECUTE FUNCTION test_slow_row()")
+        conn.commit()
+
+
+def test_a_connection_lost_mid_copy_leaves_nothing_and_the_retry_stores_once(
+    db_dsn: str,
+) -> None:
+    setup_fleet(db_dsn)
+    _slow_rows(db_dsn, 0.1)
+    remise = make_remise(transactions=5)
+
+    async def killed(writer: RemiseWriter) -> object:
+        storing = asyncio.create_task(writer.store(remise))
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            for _ in range(100):  # until the COPY runs (the claim made, rows going in)
+                await asyncio.sleep(0.02)
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'SELECT * FROM passerelle_claim_remise(%'"
+                    " AND wait_event = 'PgSleep'").fetchall()
+                if killed:
+                    break
+            assert killed
+        outcome = await storing  # the writer's one retry, on a fresh connection
+        await _pool_is_clean(writer)
+        return outcome
+
+    outcome = _run(db_dsn, killed)
+
+    assert outcome.stored and outcome.transaction_count == 5
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 1
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 5
+
+
+def test_a_statement_timeout_mid_copy_leaves_nothing_and_is_unavailable(
+    db_dsn: str,
+) -> None:
+    setup_fleet(db_dsn)
+    _slow_rows(db_dsn, 0.2)
+    remise = make_remise(transactions=5)
+
+    async def too_slow(writer: RemiseWriter) -> None:
+        with pytest.raises(DatabaseUnavailable, match="statement timeout"):
+            await writer.store(remise)
+        await _pool_is_clean(writer)
+
+    _run(db_dsn, too_slow, statement_timeout_ms=500)
+
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
+    assert _count(db_dsn, "SELECT count(*) FROM remises") == 0
