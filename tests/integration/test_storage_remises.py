@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,8 @@ from typing import TypeVar
 import msgspec
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from passerelle.storage.db import DatabaseUnavailable, StorageError, StorageSettings, open_pool
@@ -636,3 +639,47 @@ def test_a_statement_timeout_mid_copy_leaves_nothing_and_is_unavailable(
 
     assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
     assert _count(db_dsn, "SELECT count(*) FROM remises") == 0
+
+
+_IDENTIFIER = st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S"),
+                                    include_characters=" "),
+                      min_size=1, max_size=64).filter(lambda s: s.strip() != "")
+
+
+def test_any_identifier_a_terminal_sends_is_stored_as_data(db_dsn: str) -> None:
+    """The claim's literals (serial, contract number, application, status) for any
+    printable text: quotes, backslashes, `$$`, comment marks, any script; with
+    standard_conforming_strings on and off: stored exactly as sent, never SQL."""
+    numbers = itertools.count(1)
+
+    @settings(max_examples=40, deadline=None)
+    @given(serial=_IDENTIFIER, contract=_IDENTIFIER, application=_IDENTIFIER,
+           conforming=st.booleans())
+    def stored_as_sent(serial: str, contract: str, application: str, conforming: bool) -> None:
+        with psycopg.connect(db_dsn) as conn:
+            (contract_id,) = conn.execute(
+                "INSERT INTO contracts (contract_number, application, bank_code)"
+                " VALUES (%s, %s, '10278') ON CONFLICT (contract_number, application)"
+                " DO UPDATE SET bank_code = '10278' RETURNING id",
+                (contract, application)).fetchone()
+            upsert_terminal(conn, serial, contract_id)
+            conn.execute(sql.SQL("ALTER DATABASE {} SET standard_conforming_strings = {}")
+                         .format(sql.Identifier(conn.info.dbname),
+                                 sql.SQL("on" if conforming else "off")))
+            conn.commit()
+        remise = msgspec.structs.replace(
+            make_remise(transactions=1, remise_number=next(numbers)),
+            terminal_serial=serial, contract_number=contract, application=application)
+
+        outcome = _run(db_dsn, lambda w: w.store(remise))
+
+        assert outcome.stored
+        with psycopg.connect(db_dsn) as conn:
+            row = conn.execute(
+                "SELECT r.terminal_serial, r.contract_number, r.application, t.terminal_serial"
+                " FROM remises r JOIN transactions t ON t.remise_id = r.id WHERE r.id = %s",
+                (outcome.remise_id,)).fetchone()
+        assert row == (serial, contract, application, serial)
+
+    stored_as_sent()
+    assert _count(db_dsn, "SELECT count(*) FROM remises") > 0  # the table is still there
