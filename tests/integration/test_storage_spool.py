@@ -252,3 +252,32 @@ def test_the_sink_still_refuses_an_invalid_remise_before_storing(
     with pytest.raises(InvalidRemise, match="pan_hmac"):
         asyncio.run(scenario())
     assert _stored_order(db_dsn) == []
+
+
+def test_a_database_restored_without_the_claim_function_is_migrated_then_replayed(
+    db_dsn: str, tmp_path: Path,
+) -> None:
+    # Restored from a backup taken before migration 0008: remises are spooled (the
+    # database is "unavailable", not the remise bad), and the replayer migrates again
+    # and stores them, without a restart of switchd.
+    from passerelle.storage.runtime import Storage
+
+    setup_fleet(db_dsn)
+    remise = make_remise(remise_number=3, transactions=4)
+    settings = StorageSettings(dsn=db_dsn, state_dir=str(tmp_path), pool_min_size=0)
+
+    async def restored() -> tuple[str, bool]:
+        async with Storage(settings, replay_interval_s=3600) as storage:
+            with psycopg.connect(db_dsn) as conn:
+                conn.execute("DROP FUNCTION passerelle_claim_remise")
+                conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+                conn.commit()
+            outcome = outcome_name(await storage.sink.store(remise))
+            for _ in range(2):  # the replayer's passes
+                await storage.replay_now()
+            return outcome, storage.spool.has_pending()
+
+    outcome, pending = asyncio.run(restored())
+
+    assert (outcome, pending) == ("spooled", False)
+    assert _stored_order(db_dsn) == [3]
