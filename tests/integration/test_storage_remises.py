@@ -683,3 +683,22 @@ def test_any_identifier_a_terminal_sends_is_stored_as_data(db_dsn: str) -> None:
 
     stored_as_sent()
     assert _count(db_dsn, "SELECT count(*) FROM remises") > 0  # the table is still there
+
+
+def test_a_repeat_answers_what_was_stored_first_not_what_it_carries(db_dsn: str) -> None:
+    # A terminal that lost our 0516 sends its remise again, here with other totals and
+    # fewer transactions: the answer (0516) is built from the remise stored first.
+    setup_fleet(db_dsn)
+    first = make_remise(transactions=6, seed=3)
+    again = msgspec.structs.replace(make_remise(transactions=2, seed=4),
+                                    declared=RemiseTotals(purchases_count=9))
+
+    async def twice(writer: RemiseWriter) -> tuple[object, object]:
+        return await writer.store(first), await writer.store(again)
+
+    stored, repeat = _run(db_dsn, twice)
+
+    assert stored.stored and stored.is_correct and not repeat.stored
+    assert (repeat.remise_id, repeat.status, repeat.is_correct, repeat.transaction_count) == (
+        stored.remise_id, STATUS_CORRECT, True, 6)
+    assert _count(db_dsn, "SELECT count(*) FROM transactions") == 6
