@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from passerelle.codecs.errors import CodecError
 from passerelle.codecs.iso8583 import Message, encode
+from passerelle.codecs.masking import luhn
 from passerelle.codecs.profile import Profile
 from passerelle.codecs.profiles import get_profile
 from tests.cb2a_vectors import NAMES, SECRETS, load
@@ -206,3 +207,37 @@ def test_iso87_ascii_field_55_card_data_is_masked(data: st.DataObject) -> None:
     msg = Message.parse(encode(profile, "0100", {55: icc}), profile)
     for text in texts_of(msg):
         assert_clean(text, [pan])
+
+
+# -- Luhn ---------------------------------------------------------------------------------------
+
+
+def luhn_by_definition(digits: str) -> bool:
+    """Luhn as ISO/IEC 7812 states it: from the right, double every second digit, add the
+    digits of every product and every other digit; valid when the sum ends in 0."""
+    total = 0
+    for position, digit in enumerate(int(c) for c in reversed(digits)):
+        product = digit * 2 if position % 2 else digit
+        total += sum(int(c) for c in str(product))
+    return total % 10 == 0
+
+
+@ROUND_TRIP
+@given(st.text(st.sampled_from("0123456789"), max_size=40))
+def test_luhn_agrees_with_the_definition(digits: str) -> None:
+    assert luhn(digits) is luhn_by_definition(digits)
+
+
+@ROUND_TRIP
+@given(pans(), st.integers(0, 18), st.integers(1, 9))
+def test_luhn_refuses_any_single_changed_digit(pan: str, where: int, change: int) -> None:
+    where %= len(pan)
+    wrong = pan[:where] + str((int(pan[where]) + change) % 10) + pan[where + 1:]
+    assert luhn(pan) and not luhn(wrong)
+
+
+@QUICK
+@given(st.text(min_size=1, max_size=30).filter(lambda s: not (s.isascii() and s.isdigit())))
+def test_luhn_refuses_anything_but_ascii_digits(text: str) -> None:
+    # Arabic-Indic, fullwidth or superscript digits pass str.isdigit; no card number has them.
+    assert not luhn(text)
