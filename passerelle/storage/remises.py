@@ -487,19 +487,25 @@ class RemiseWriter:
         what = f"storing remise {remise.remise_number} of {remise.terminal_serial!r}"
         with translate_errors(what):
             try:
-                return await self._store_once(remise, spooled, logged)
-            except PoolTimeout:
-                raise  # no connection at all: the database is away
+                return await self._store_twice(remise, spooled, logged)
             except psycopg.errors.UndefinedFunction as exc:
-                # Migration 0008's function is missing: the database came back empty (as
-                # its missing tables would say): retry once it is migrated, not a bad remise.
+                # Migration 0008's function is missing: the database came back from a
+                # restore (as its missing tables would say): retry once it is migrated
+                # (storage.runtime migrates again), not a bad remise.
                 raise DatabaseUnavailable(f"{what}: schema not migrated: {exc}") from exc
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                # Pooled connections the server dropped (restart, failover) fail on first
-                # use: sort out the idle ones at once and, storing being idempotent, try
-                # once more. (No check on every checkout: it costs a round trip per remise.)
-                await self.pool.check()
-                return await self._store_once(remise, spooled, logged)
+
+    async def _store_twice(self, remise: Remise, spooled: bool,
+                           logged: bool) -> StoreOutcome:
+        try:
+            return await self._store_once(remise, spooled, logged)
+        except PoolTimeout:
+            raise  # no connection at all: the database is away
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            # Pooled connections the server dropped (restart, failover) fail on first
+            # use: sort out the idle ones at once and, storing being idempotent, try
+            # once more. (No check on every checkout: it costs a round trip per remise.)
+            await self.pool.check()
+            return await self._store_once(remise, spooled, logged)
 
     async def _store_once(self, remise: Remise, spooled: bool, logged: bool) -> StoreOutcome:
         computed = compute_totals(remise.transactions)

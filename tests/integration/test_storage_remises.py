@@ -457,9 +457,16 @@ def test_a_database_without_the_claim_function_is_unavailable(db_dsn: str) -> No
         conn.commit()
 
     async def missing(writer: RemiseWriter) -> None:
-        with pytest.raises(DatabaseUnavailable):
+        with pytest.raises(DatabaseUnavailable, match="schema not migrated"):
             await writer.store(make_remise())
         await _pool_is_clean(writer)
+        # restored means restarted too: the pool's connection is dead, the retry finds
+        # the function missing
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        with pytest.raises(DatabaseUnavailable, match="schema not migrated"):
+            await writer.store(make_remise())
 
     _run(db_dsn, missing)
 
