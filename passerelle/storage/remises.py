@@ -496,6 +496,7 @@ class RemiseWriter:
 
     async def _store_twice(self, remise: Remise, spooled: bool,
                            logged: bool) -> StoreOutcome:
+        """`_store_once`, again on a connection error (see below); any other error as is."""
         try:
             return await self._store_once(remise, spooled, logged)
         except PoolTimeout:
