@@ -709,3 +709,17 @@ def test_a_repeat_answers_what_was_stored_first_not_what_it_carries(db_dsn: str)
     assert (repeat.remise_id, repeat.status, repeat.is_correct, repeat.transaction_count) == (
         stored.remise_id, STATUS_CORRECT, True, 6)
     assert _count(db_dsn, "SELECT count(*) FROM transactions") == 6
+
+
+@pytest.mark.parametrize("serial", ["TPE0000\x00; DROP TABLE remises", "TPE0000\n", "T" * 65])
+def test_an_identifier_libpq_would_cut_or_bend_is_refused_before_the_claim(
+    db_dsn: str, serial: str,
+) -> None:
+    # libpq's literal escaping stops at a NUL: "TPE0000\0..." would claim TPE0000's key.
+    # Such identifiers (and unbounded ones) never reach the message.
+    setup_fleet(db_dsn)
+    remise = msgspec.structs.replace(make_remise(), terminal_serial=serial)
+
+    with pytest.raises(InvalidRemise, match=r"terminal_serial .* not printable"):
+        _run(db_dsn, lambda w: w.store(remise))
+    assert _count(db_dsn, "SELECT count(*) FROM remise_keys") == 0
