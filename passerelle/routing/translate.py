@@ -17,7 +17,7 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from passerelle.codecs.fields import Data, Encoded, FieldSpec, Kind, Prefix
+from passerelle.codecs.fields import CbTlv, Data, Encoded, FieldSpec, Kind, Prefix
 from passerelle.codecs.iso8583 import CodecError, Message, encode
 from passerelle.codecs.layout import read_units
 from passerelle.codecs.profiles import get_profile
@@ -471,13 +471,6 @@ class Outcome:
         self.approval = approval
         self.issuer_data = issuer_data
         self.additional = additional
-
-
-class CbTlv(bytes):
-    """CB2A sub-elements already encoded (2-byte tag, 1-byte length, value), for
-    `terminal_answer` to copy into field 55 rather than encode pairs again."""
-
-    __slots__ = ()
 
 
 def ber_raw_to_cb(body: bytes) -> CbTlv | None:
