@@ -1,9 +1,12 @@
-"""The codec and wire unit tests, run again against the mypyc-compiled build.
+"""The codec, wire and routing tests, run again against the mypyc-compiled build.
 
-setup.py compiles the codec's hot modules when PASSERELLE_MYPYC=1 (the opt-in production
-build). Compiled code must behave exactly like the source it comes from: this builds those
-modules into a scratch copy of the tree and runs the codec, CBCOM and framing tests there,
-in a child process whose `passerelle` is the compiled one.
+setup.py compiles the authorization's hot modules when PASSERELLE_MYPYC=1 (the opt-in
+production build): the codec, masking, and routing's translation, application, table,
+deadlines and MUX. Compiled code must behave exactly like the source it comes from (mypyc
+checks annotations at run time, where the interpreter trusts them): this builds those
+modules into a scratch copy of the tree and runs their unit tests there, then the
+authorization dialogue end to end (real sockets, the acquirer simulator, PostgreSQL), in a
+child process whose `passerelle` is the compiled one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ SUITE = [
     "tests/unit/test_cbcom.py",
     "tests/unit/test_cbcom_session.py",
     "tests/unit/test_framing.py",
+    "tests/unit/test_routing_translate.py",
+    "tests/unit/test_routing_table.py",
+    "tests/unit/test_routing_deadlines.py",
+    "tests/unit/test_routing_mux.py",
+    "tests/integration/test_auth_dialogue.py",
+    "tests/integration/test_auth_failover.py",
 ]
 # Imported first, so the run fails loudly if the interpreted source was picked up instead.
 CHECK = """
@@ -52,7 +61,7 @@ def compiled_modules() -> tuple[str, ...]:
 
 
 @pytest.mark.timeout(240)
-def test_unit_tests_pass_against_the_compiled_codec(tmp_path: Path) -> None:
+def test_tests_pass_against_the_compiled_build(tmp_path: Path) -> None:
     # Built apart from pyproject.toml: the build only needs the sources, and the venv's
     # setuptools may predate what pyproject's metadata asks of a full build.
     built, run_dir = tmp_path / "built", tmp_path / "run"
