@@ -8,6 +8,7 @@ télécollecte dialogue spools the remise instead of failing the terminal.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import msgspec
@@ -77,10 +78,18 @@ def settings_from_table(table: dict[str, object]) -> StorageSettings:
         raise StorageConfigError(f"[storage] configuration: {exc}") from exc
 
 
-def _connect_kwargs(settings: StorageSettings) -> dict[str, object]:
+def _connect_kwargs(dsn: str, settings: StorageSettings) -> dict[str, object]:
     kwargs: dict[str, object] = {"connect_timeout": max(1, round(settings.connect_timeout_s))}
     if settings.statement_timeout_ms:
-        kwargs["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
+        # A keyword `options` replaces the DSN's (and PGOPTIONS): keep the operator's settings
+        # (search_path, role...) and add ours after them, so ours wins only for the timeout.
+        try:
+            theirs = psycopg.conninfo.conninfo_to_dict(dsn).get("options")
+        except psycopg.ProgrammingError:
+            theirs = None  # connect() reports the bad DSN
+        theirs = theirs if theirs is not None else os.environ.get("PGOPTIONS", "")
+        ours = f"-c statement_timeout={settings.statement_timeout_ms}"
+        kwargs["options"] = f"{theirs} {ours}".strip()
     return kwargs
 
 
@@ -100,7 +109,7 @@ def connect(
     """Open one synchronous connection (CLI, migrations, retention)."""
     settings = settings or StorageSettings(dsn=dsn)
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, **_connect_kwargs(settings))
+        return psycopg.connect(dsn, autocommit=autocommit, **_connect_kwargs(dsn, settings))
     except psycopg.ProgrammingError as exc:
         raise StorageConfigError(f"invalid PostgreSQL DSN: {exc}") from exc
     except psycopg.OperationalError as exc:
@@ -145,7 +154,7 @@ def open_pool(dsn: str, settings: StorageSettings | None = None) -> AsyncConnect
         dsn,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        kwargs=_connect_kwargs(settings),
+        kwargs=_connect_kwargs(dsn, settings),
         timeout=settings.connect_timeout_s,
         open=False,
         name="passerelle",
