@@ -422,7 +422,7 @@ class Authorizer:
         state = _Attempt(message)
         loop = self._running_loop()
         state.deadline = loop.time() + self._budget
-        decided = self._check(message, state)
+        decided: bytes | Later | None = self._check(message, state)
         if decided is None:
             known, info = self.s.directory.cached(state.terminal)
             if not known:
@@ -564,9 +564,9 @@ class Authorizer:
             acquirer = link.settings
             try:
                 wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
-            except CodecError as error:
-                log.warning("auth.untranslatable", acquirer=name, field=error.field,
-                            reason=error.reason)
+            except CodecError as untranslatable:
+                log.warning("auth.untranslatable", acquirer=name, field=untranslatable.field,
+                            reason=untranslatable.reason)
                 continue
             if 52 in message and self.s.hsm is not None:
                 return None
@@ -669,9 +669,9 @@ class Authorizer:
             acquirer = link.settings
             try:
                 wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
-            except CodecError as error:
-                log.warning("auth.untranslatable", acquirer=name, field=error.field,
-                            reason=error.reason)
+            except CodecError as untranslatable:
+                log.warning("auth.untranslatable", acquirer=name, field=untranslatable.field,
+                            reason=untranslatable.reason)
                 continue
             if 52 in message and self.s.hsm is not None:
                 translated = await self._pin_for(message, acquirer, wire, state.pan)

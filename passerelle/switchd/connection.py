@@ -75,7 +75,7 @@ class Connection(asyncio.Protocol):
             listener.log.warning("conn.refused", peer=self.peer, reason=reason)
             self.closed = True
             self.reason = f"refused: {reason}"
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         listener.connections.add(self)
         listener.connections_open.inc()
@@ -220,7 +220,7 @@ class Connection(asyncio.Protocol):
             answer.listen(self._later_done)  # type: ignore[union-attr]
             return
         else:
-            self._start_dialogue(answer)
+            self._start_dialogue(answer)  # type: ignore[arg-type]
             return
         if context.abort_code is not None:  # type: ignore[union-attr]
             self._abort_session()

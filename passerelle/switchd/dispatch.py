@@ -329,7 +329,7 @@ class Dispatcher:
         """39=30 + 44 AA naming the field, built from what could be read of the request."""
         self.metrics.error("cb2a", "format")
         source = error.partial if error.partial is not None else message
-        mti = None
+        mti: str | None = None
         if source is not None:
             try:
                 mti = source.mti
@@ -338,7 +338,7 @@ class Dispatcher:
         answer_mti = response_mti(mti) if mti else None
         context.log.warning("cb2a.format_error", mti=mti, field=error.field,
                             offset=error.offset, reason=error.reason)
-        if source is None or answer_mti is None:
+        if source is None or mti is None or answer_mti is None:
             self.metrics.message(mti or "unreadable", "dropped")
             return None
         self.metrics.message(mti, "30")
