@@ -77,26 +77,27 @@ class _PerRequest:
         self.latency: dict[str, list[float]] = {}
 
     def describe(self) -> list[Metric]:
-        return self._families()
+        return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
         counter, histogram = self._families()
         for key, count in sorted(self.authorizations.items()):
             counter.add_metric(key, count)
         for acquirer, cells in sorted(self.latency.items()):
-            buckets, running = [], 0.0
-            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), cells, strict=False):
-                running += count
+            buckets: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, cell in zip((*_LATENCY_BUCKETS, float("inf")), cells, strict=False):
+                running += cell
                 buckets.append((floatToGoString(bound), running))
             histogram.add_metric((acquirer,), buckets, cells[-1])
         yield counter
         yield histogram
 
     @staticmethod
-    def _families() -> list[Metric]:
-        return [CounterMetricFamily(
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        return (CounterMetricFamily(
                     "passerelle_authorizations", "Authorizations answered, by application, "
                     "acquirer and CB response code", labels=("application", "acquirer", "result")),
                 HistogramMetricFamily(
                     "passerelle_acquirer_latency_seconds", "Acquirer round trip, by acquirer",
-                    labels=("acquirer",))]
+                    labels=("acquirer",)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Protocol
 
 from passerelle.routing.deadlines import Cancellable, Deadlines
 from passerelle.routing.errors import LinkBusy, LinkDown, LinkTimeout, RoutingError
@@ -22,6 +22,17 @@ _REMEMBERED = 4096  # recently answered / abandoned keys kept to classify strays
 
 class DuplicateKey(RoutingError):
     """A request with this key is already in flight on the link (a terminal repeat)."""
+
+
+class Waiter(Protocol):
+    """What the MUX completes: an asyncio future, or `AcquirerLink.send`'s waiter, which
+    acts at once where a future would wake a task. (Typed so, not as a future: the
+    compiled build checks the types it is told.)"""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+    def cancel(self) -> bool: ...
 
 
 class Mux:
@@ -134,14 +145,14 @@ class Mux:
         finally:
             timer.cancel()
 
-    def deadline(self, key: Key, future: asyncio.Future[Any], timeout: float) -> Cancellable:
+    def deadline(self, key: Key, future: Waiter, timeout: float) -> Cancellable:
         """LinkTimeout into `future` after `timeout` unless the returned handle is cancelled
         first (`wait` without its coroutine, for a caller that awaits `future` itself)."""
         deadlines = self._deadlines
         return deadlines.add(deadlines.loop.time() + timeout, self._expire_one, key, future,
                              timeout)
 
-    def _expire(self, key: Key, future: asyncio.Future[Any], timeout: float) -> None:
+    def _expire(self, key: Key, future: Waiter, timeout: float) -> None:
         if self._pending.get(key) is future:
             del self._pending[key]
             _remember(self._abandoned, key)
