@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import os
 
-# Compiled when asked: the modules an authorization runs through, less what mypyc cannot
-# compile or would not speed up. Left interpreted: codecs.fields (Encoded and CbTlv subclass
-# bytes, which a compiled class cannot), the profiles (tables built once at import), and
-# the switchd daemon's modules.
+# Compiled when asked: the modules an authorization runs through, from the terminal's
+# connection to the acquirer's MUX, less what mypyc cannot compile or would not speed up.
+# Left interpreted: codecs.fields (Encoded and CbTlv subclass bytes, which a compiled class
+# cannot), the profiles (tables built once at import), the rest of switchd (start-up,
+# stacks, télécollecte) and storage. mypyc trusts annotations where the interpreter ignores
+# them (a wrong one is a TypeError at run time): the compiled-build test runs these
+# modules' tests and the authorization dialogue against this list.
 COMPILED_MODULES = (
     "passerelle/codecs/layout.py",
     "passerelle/codecs/iso8583.py",
@@ -34,6 +37,11 @@ COMPILED_MODULES = (
     "passerelle/routing/table.py",
     "passerelle/routing/deadlines.py",
     "passerelle/routing/mux.py",
+    "passerelle/routing/link.py",
+    "passerelle/routing/metrics.py",
+    "passerelle/switchd/dispatch.py",
+    "passerelle/switchd/connection.py",
+    "passerelle/switchd/authorization.py",
 )
 MYPY_REQUIREMENT = "mypy>=1.10"
 

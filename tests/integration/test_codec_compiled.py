@@ -1,12 +1,14 @@
-"""The codec, wire and routing tests, run again against the mypyc-compiled build.
+"""The codec, routing and authorization tests, run again against the mypyc-compiled build.
 
 setup.py compiles the authorization's hot modules when PASSERELLE_MYPYC=1 (the opt-in
-production build): the codec, masking, and routing's translation, application, table,
-deadlines and MUX. Compiled code must behave exactly like the source it comes from (mypyc
+production build): the codec, masking, routing (translation, application, table,
+deadlines, MUX, acquirer link, metrics) and switchd's connection, dispatch and
+authorization dialogue. Compiled code must behave exactly like the source it comes from (mypyc
 checks annotations at run time, where the interpreter trusts them): this builds those
 modules into a scratch copy of the tree and runs their unit tests there, then the
-authorization dialogue end to end (real sockets, the acquirer simulator, PostgreSQL), in a
-child process whose `passerelle` is the compiled one.
+authorization dialogue, its acquirer links and the listener's bad-input tests end to end
+(real sockets, the acquirer simulator, PostgreSQL), in a child process whose `passerelle`
+is the compiled one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ SUITE = [
     "tests/unit/test_routing_mux.py",
     "tests/integration/test_auth_dialogue.py",
     "tests/integration/test_auth_failover.py",
+    "tests/integration/test_auth_links.py",
+    "tests/integration/test_switchd_bad_input.py",
+    "tests/integration/test_switchd_hot_path.py",
 ]
 # Imported first, so the run fails loudly if the interpreted source was picked up instead.
 CHECK = """
@@ -60,7 +65,7 @@ def compiled_modules() -> tuple[str, ...]:
     return tuple(setup.COMPILED_MODULES)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_tests_pass_against_the_compiled_build(tmp_path: Path) -> None:
     # Built apart from pyproject.toml: the build only needs the sources, and the venv's
     # setuptools may predate what pyproject's metadata asks of a full build.
@@ -71,7 +76,7 @@ def test_tests_pass_against_the_compiled_build(tmp_path: Path) -> None:
     shutil.copy(ROOT / "pyproject.toml", run_dir / "pyproject.toml")
     modules = compiled_modules()
     build = subprocess.run([sys.executable, "-m", "mypyc", *modules], cwd=built,
-                           capture_output=True, text=True, timeout=180, check=False)
+                           capture_output=True, text=True, timeout=240, check=False)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     for module in modules:
         assert list((built / Path(module).parent).glob(f"{Path(module).stem}.*.so")), module
@@ -81,5 +86,5 @@ def test_tests_pass_against_the_compiled_build(tmp_path: Path) -> None:
     check = CHECK.format(names=[m.removesuffix(".py").replace("/", ".") for m in modules])
     run = subprocess.run(
         [sys.executable, "-c", check, "-q", "-x", "-p", "no:cacheprovider", *SUITE],
-        cwd=run_dir, env=env, capture_output=True, text=True, timeout=200, check=False)
+        cwd=run_dir, env=env, capture_output=True, text=True, timeout=230, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
