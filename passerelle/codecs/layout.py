@@ -87,22 +87,22 @@ class Layout:
         self.entries = tuple(entries)
         self.bits = bits
         self.recipes: dict[tuple[int, ...], Recipe] = {}
-        self.plans: dict[tuple[int, ...], tuple[Any, ...]] = {}
+        self.plans: dict[tuple[int, ...], Plan] = {}
         # What a caller works out once per layout (`routing.translate`'s plans), so its
         # per-message lookup hashes a few short strings, not the field numbers.
         self.memo: dict[Any, Any] = {}
 
-    def plan(self, numbers: tuple[int, ...]) -> tuple[Any, ...]:
+    def plan(self, numbers: tuple[int, ...]) -> Plan:
         """For `Message.pick`: the runs (see `convert_all`) that hold a wanted field, each
         with where its wanted fields go in the answer; absent fields stay None."""
         slots: dict[int, list[int]] = {}
         for index, number in enumerate(numbers):
             slots.setdefault(number, []).append(index)
-        steps: list[tuple[Any, ...]] = []
+        steps: list[_PickOne | _PickRun] = []
         for run in self.runs:
             if run[0] == _SINGLE:
                 _, anchor, delta, fixed, prefix_size, number, convert, _ = run
-                steps.extend((_SINGLE, index, anchor, delta, fixed, prefix_size, convert)
+                steps.extend(_PickOne(index, anchor, delta, fixed, prefix_size, convert)
                              for index in slots.get(number, ()))
                 continue
             kind, anchor, delta, size, cuts, singles, extra = run
@@ -111,31 +111,30 @@ class Layout:
             if wanted:  # the fallback converts the wanted fields one by one
                 one_by_one = tuple((index, single[0], single[5]) for single in singles
                                    for index in slots.get(single[0], ()))
-                steps.append((kind, anchor, delta, size, wanted, one_by_one, extra))
+                steps.append(_PickRun(kind, anchor, delta, size, wanted, one_by_one, extra))
         plan = tuple(steps)
         if len(self.plans) < 64:  # a dialogue asks for a handful of field sets
             self.plans[numbers] = plan
         return plan
 
-    def pick(self, data: bytes, anchors: list[int], plan: tuple[Any, ...],
-             size: int) -> list[Any]:
+    def pick(self, data: bytes, anchors: list[int], plan: Plan, size: int) -> list[Any]:
         """`Message.pick`'s work: `plan`'s fields converted, one conversion per run."""
         out: list[Any] = [None] * size
         for step in plan:
-            if step[0] == _SINGLE:
-                _, index, anchor, delta, fixed, prefix_size, convert = step
-                start = anchors[anchor] + delta
-                out[index] = convert(data, start, start + prefix_size,
-                                     start + fixed if fixed else anchors[anchor + 1])
+            if isinstance(step, _PickOne):
+                anchor = step.anchor
+                start = anchors[anchor] + step.delta
+                fixed = step.fixed
+                out[step.index] = step.convert(data, start, start + step.prefix_size,
+                                               start + fixed if fixed else anchors[anchor + 1])
                 continue
-            kind, anchor, delta, size_, wanted, one_by_one, extra = step
-            start = anchors[anchor] + delta
-            text = _run_text(kind, data[start : start + size_], extra)
+            start = anchors[step.anchor] + step.delta
+            text = _run_text(step.kind, data[start : start + step.size], step.extra)
             if text is None:  # the culprit, if wanted, raises its precise CodecError
-                for index, number, convert in one_by_one:
+                for index, number, convert in step.one_by_one:
                     out[index] = self._one(data, anchors, number, convert)
                 continue
-            for index, begin, stop in wanted:
+            for index, begin, stop in step.wanted:
                 out[index] = text[begin:stop]
         return out
 
@@ -250,6 +249,46 @@ class Layout:
 
 
 _SINGLE, _BCD_RUN, _TEXT_RUN = 0, 1, 2
+
+
+class _PickOne:
+    """A `Layout.plan` step: one field converted alone (variable, sub-elements, binary),
+    into slot `index` of `pick`'s answer. A class with typed attributes, not a tuple: the
+    compiled build reads them as C fields where a tuple's items are unpacked generically
+    (`pick` runs about three times per authorization)."""
+
+    __slots__ = ("anchor", "convert", "delta", "fixed", "index", "prefix_size")
+
+    def __init__(self, index: int, anchor: int, delta: int, fixed: int,  # noqa: PLR0917
+                 prefix_size: int, convert: Converter) -> None:
+        self.index = index
+        self.anchor = anchor
+        self.delta = delta
+        self.fixed = fixed
+        self.prefix_size = prefix_size
+        self.convert = convert
+
+
+class _PickRun:
+    """A `Layout.plan` step: a run of fixed fields converted as one text, cut into the
+    wanted fields (`wanted`: slot, begin, end), or converted one by one (`one_by_one`:
+    slot, number, converter) when the text is not valid."""
+
+    __slots__ = ("anchor", "delta", "extra", "kind", "one_by_one", "size", "wanted")
+
+    def __init__(self, kind: int, anchor: int, delta: int, size: int,  # noqa: PLR0917
+                 wanted: tuple[tuple[int, int, int], ...],
+                 one_by_one: tuple[tuple[int, int, Converter], ...], extra: Any) -> None:
+        self.kind = kind
+        self.anchor = anchor
+        self.delta = delta
+        self.size = size
+        self.wanted = wanted
+        self.one_by_one = one_by_one
+        self.extra = extra
+
+
+Plan = tuple[_PickOne | _PickRun, ...]
 
 
 def _run_text(kind: int, chunk: bytes, extra: Any) -> str | None:
