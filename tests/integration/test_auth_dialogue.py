@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from passerelle.codecs.iso8583 import Message, encode
 from passerelle.sim.acquirer import Rules
 from passerelle.sim.terminal import Terminal
+from passerelle.switchd.authorization import _expired
 from tests.integration.auth_helpers import (
     CB2A,
     PAN,
@@ -276,3 +280,11 @@ def test_a_terminal_reversal_reaches_the_acquirer_that_approved(tmp_path: Path,
             assert kind == "reversal" and key[1:3] == ("TPE00001", "000005")
 
     run(scenario())
+
+
+@given(st.integers(0, 99), st.integers(1, 12),
+       st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31), timezones=st.just(UTC)))
+def test_a_card_is_expired_after_its_month_and_not_during_it(yy: int, mm: int,
+                                                              now: datetime) -> None:
+    # Cards expire at the end of their YYMM month (years within the century).
+    assert _expired(f"{yy:02d}{mm:02d}", now) is ((yy, mm) < (now.year % 100, now.month))
