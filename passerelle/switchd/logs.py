@@ -67,8 +67,22 @@ def _masked_str(value: Any) -> str:
     return mask_text(str(value))
 
 
+def _printable_utf8(value: Any) -> Any:
+    """`value` with lone surrogates (undecodable bytes kept by `surrogateescape`) spelled out."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {key: _printable_utf8(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_utf8(item) for item in value]
+    return value
+
+
 def _render(logger: Any, method: str, event_dict: dict[str, Any]) -> bytes:
-    return msgspec.json.encode(event_dict, enc_hook=_masked_str)
+    try:
+        return msgspec.json.encode(event_dict, enc_hook=_masked_str)
+    except UnicodeEncodeError:  # a lone surrogate: JSON has no UTF-8 for it, the line must go
+        return msgspec.json.encode(_printable_utf8(event_dict), enc_hook=_masked_str)
 
 
 def configure(level: str = "info", stream: IO[bytes] | None = None) -> None:

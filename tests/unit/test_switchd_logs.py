@@ -27,7 +27,8 @@ def _luhn_complete(body: str) -> str:
 
 pans = st.builds(_luhn_complete, st.from_regex(r"[1-9][0-9]{11,17}", fullmatch=True))
 # No digit (it would lengthen the run) and no track separator (the PAN would read as track 2).
-texts = st.text(alphabet=st.characters(blacklist_categories=["Nd"], blacklist_characters="=Dd"),
+texts = st.text(alphabet=st.characters(blacklist_categories=["Nd", "Cs"],
+                                           blacklist_characters="=Dd"),
                 max_size=20)
 
 
@@ -71,3 +72,8 @@ def test_values_without_card_numbers_are_unchanged(text: str, number: int, ratio
                              stan="000123", terminal="12345678"))
     assert (event["text"], event["number"], event["ratio"]) == (text, number, ratio)
     assert (event["flag"], event["nothing"], event["stan"]) == (True, None, "000123")
+
+
+def test_a_lone_surrogate_is_spelled_out_not_fatal() -> None:
+    event = json.loads(_line(peer_name="caf\udce9", nested={"list": ["\ud800"]}))
+    assert event["peer_name"] == "caf\\udce9" and event["nested"]["list"] == ["\\ud800"]
