@@ -9,26 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from passerelle.switchd import logs
+from tests.strategies import pans
 
-
-def _luhn_complete(body: str) -> str:
-    for check in "0123456789":
-        candidate = body + check
-        total = 0
-        for index, char in enumerate(reversed(candidate)):
-            value = int(char)
-            if index & 1:
-                value = value * 2 - 9 if value > 4 else value * 2
-            total += value
-        if total % 10 == 0:
-            return candidate
-    raise AssertionError("unreachable")
-
-
-pans = st.builds(_luhn_complete, st.from_regex(r"[1-9][0-9]{11,17}", fullmatch=True))
 # No digit (it would lengthen the run) and no track separator (the PAN would read as track 2).
-texts = st.text(alphabet=st.characters(blacklist_categories=["Nd", "Cs"],
-                                           blacklist_characters="=Dd"),
+texts = st.text(st.characters(blacklist_categories=["Nd", "Cs"], blacklist_characters="=Dd"),
                 max_size=20)
 
 
@@ -49,7 +33,7 @@ def _line(**event: object) -> str:
     return stream.getvalue().decode()
 
 
-@given(pans, texts, texts)
+@given(pans(), texts, texts)
 def test_a_pan_in_any_shape_leaves_masked(pan: str, before: str, after: str) -> None:
     line = _line(
         text=f"{before}{pan}{after}", raw=bytes.fromhex(pan + "0" * (len(pan) % 2)),
