@@ -563,16 +563,10 @@ class Authorizer:
             if left < self._min_attempt:
                 state.index = len(chain)
                 return None
-            link = links.get(name)
-            if link is None or not link.up:
+            ready = self._translated(message, state, links.get(name), name)
+            if ready is None:
                 continue
-            acquirer = link.settings
-            try:
-                wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
-            except CodecError as untranslatable:
-                log.warning("auth.untranslatable", acquirer=name, field=untranslatable.field,
-                            reason=untranslatable.reason)
-                continue
+            link, acquirer, wire, key = ready
             if 52 in message and self.s.hsm is not None:
                 return None
             state.acquirer, state.wire, state.link, state.key = acquirer, wire, link, key
@@ -589,6 +583,24 @@ class Authorizer:
             return later
         state.index = len(chain)
         return None
+
+    @staticmethod
+    def _translated(
+        message: Message, state: _Attempt, link: AcquirerLink | None, name: str
+    ) -> tuple[AcquirerLink, AcquirerSettings, bytes, translate.Key] | None:
+        """`link`, its acquirer and the request in its profile with its MUX key, when the
+        link is up and the request translates (else None, logged: the next one is tried).
+        The one step `_at_once` and `_attempts` share."""
+        if link is None or not link.up:
+            return None
+        acquirer = link.settings
+        try:
+            wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
+        except CodecError as untranslatable:
+            log.warning("auth.untranslatable", acquirer=name, field=untranslatable.field,
+                        reason=untranslatable.reason)
+            return None
+        return link, acquirer, wire, key
 
     def _on_reply(self, state: _Attempt, answer: Message | None,
                   error: BaseException | None) -> None:
@@ -668,16 +680,10 @@ class Authorizer:
             left = deadline - loop.time()
             if left < self._min_attempt:
                 break
-            link = links.get(name)
-            if link is None or not link.up:
+            ready = self._translated(message, state, links.get(name), name)
+            if ready is None:
                 continue
-            acquirer = link.settings
-            try:
-                wire, key = translate.to_acquirer(message, acquirer, state.now, state.known)
-            except CodecError as untranslatable:
-                log.warning("auth.untranslatable", acquirer=name, field=untranslatable.field,
-                            reason=untranslatable.reason)
-                continue
+            link, acquirer, wire, key = ready
             if 52 in message and self.s.hsm is not None:
                 translated = await self._pin_for(message, acquirer, wire, state.pan)
                 if translated is None:
