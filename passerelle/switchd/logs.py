@@ -39,21 +39,20 @@ def mask_text(text: str) -> str:
 
 def _mask(value: Any) -> Any:
     kind = type(value)
-    if kind is str:
+    if kind is str:  # the usual value, first
         return mask_text(value)
-    if kind is int or kind is float or kind is bool or value is None:
-        # A card number logged as a number would otherwise leave in clear.
-        return mask_text(str(value)) if kind is int and value >= 10**12 else value
+    if value is None or kind is bool or kind is float:
+        return value
     if isinstance(value, str):
         return mask_text(value)
+    if isinstance(value, int):  # a card number logged as a number would leave in clear
+        return mask_text(str(value)) if value >= 10**12 else value
     if isinstance(value, bytes | bytearray | memoryview):
         return mask_text(bytes(value).hex())
     if isinstance(value, dict):
         return {key: _mask(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_mask(item) for item in value]
-    if isinstance(value, int):
-        return mask_text(str(value)) if value >= 10**12 else value
     return value
 
 
