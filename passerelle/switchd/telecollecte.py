@@ -481,18 +481,15 @@ class _Subfields:
     def read(self, message: Message) -> tuple[str | None, str | None, str | None]:
         """Issuer and product (field 47's first IS and PR tags, at most 64 characters) and
         AID (field 55's tag 9F06, in hexadecimal)."""
-        layout, anchors, wire = message.layout, message.anchors, message.wire
         issuer = product = aid = None
-        if 47 in layout.where:
-            start, _, end = layout.span(anchors, 47)
-            raw = wire[start:end]
+        if 47 in message:
+            raw = bytes(message.raw(47))
             found = self._tags.get(raw)
             if found is None:
                 found = self._tags_of(message, raw)
             issuer, product = found
-        if 55 in layout.where:
-            start, _, end = layout.span(anchors, 55)
-            raw = wire[start:end]
+        if 55 in message:
+            raw = bytes(message.raw(55))
             aid = self._aids.get(raw, _UNSEEN)
             if aid is _UNSEEN:
                 aid = self._aid_of(message, raw)
